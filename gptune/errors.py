@@ -1,0 +1,19 @@
+"""The one exception type a user sees: a message that names the bad field, file or value.
+
+The CLI turns it into one red line and exit code 2 (no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+
+class GptuneError(Exception):
+    """A problem the user can fix (bad recipe, missing file, wrong flag).
+
+    ``problems`` holds one line per problem, so that every problem is reported at once.
+    """
+
+    exit_code = 2
+
+    def __init__(self, *problems: str):
+        self.problems = [p for p in problems if p]
+        super().__init__("\n".join(self.problems))
