@@ -1,0 +1,181 @@
+"""The ``gptune`` command. Each command: flags -> recipe overrides -> one runner -> summary.
+
+Heavy imports (torch, transformers) happen inside command bodies so ``gptune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gptune.errors import GptuneError
+
+app = typer.Typer(
+    name="gptune",
+    help="GPT-1's recipe on the Hugging Face stack: pretrain on books, fine-tune with task-aware inputs "
+    "and an auxiliary LM loss, evaluate.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+recipes_app = typer.Typer(help="Check and document recipes.", no_args_is_help=True,
+                          context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(recipes_app, name="recipes")
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: --set train.lr=3e-4 "
+                                                                  "(repeatable; applied last).")]
+ResumeOpt = Annotated[str | None, typer.Option(help="Continue a run: 'auto' (latest checkpoint of the run "
+                                                     "folder) or a checkpoint / run folder path.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing run in the output folder.")]
+OutDirOpt = Annotated[str | None, typer.Option("--out-dir", help="Run folder (default runs/<recipe name>).")]
+ProcsOpt = Annotated[int | None, typer.Option("--num-processes", help="Start N processes through "
+                                                                       "accelerate launch (same as accelerate launch -m gptune ...).")]
+
+
+def _command_line() -> str:
+    return "gptune " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _relaunch(num_processes: int | None) -> bool:
+    """With --num-processes N (N > 1) and not yet launched: re-run this command under accelerate launch."""
+    if num_processes is None or os.environ.get("ACCELERATE_LAUNCHED_GPTUNE"):
+        return False
+    if num_processes < 1:
+        raise GptuneError(f"--num-processes must be >= 1, got {num_processes}")
+    if num_processes == 1:
+        return False
+    from gptune.distributed import launch
+
+    raise typer.Exit(launch(num_processes, _strip_num_processes(sys.argv[1:])))
+
+
+def _strip_num_processes(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--num-processes":
+            skip = True
+            continue
+        if a.startswith("--num-processes="):
+            continue
+        out.append(a)
+    return out
+
+
+@app.command()
+def pretrain(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (e.g. recipes/books.yaml or runs/NAME/recipe.yaml).")],
+    set_: SetOpt = None,
+    resume: ResumeOpt = None,
+    out_dir: OutDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    max_steps: Annotated[int | None, typer.Option(help="Shortcut for --set train.max_steps=N.")] = None,
+    num_processes: ProcsOpt = None,
+) -> None:
+    """Causal-LM pretraining of a GPT on packed text (random init or a pretrained checkpoint)."""
+    _relaunch(num_processes)
+    from gptune.config import load_recipe
+
+    r = load_recipe(recipe, {"out_dir": out_dir, "train.max_steps": max_steps}, set_)
+    from gptune.runners.pretrain import run_pretrain
+
+    run_pretrain(r, resume=resume, overwrite=overwrite, command=f"gptune pretrain {r.run_dir}/recipe.yaml")
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option(help="Model folder (e.g. runs/books/final) or hub id.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to sample.")] = 60,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0: all).")] = 50,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1: off).")] = 0.95,
+    num_samples: Annotated[int, typer.Option(help="Independent samples to print.")] = 1,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Sample text from a model folder."""
+    from gptune.runners.generate import run_generate
+
+    for text in run_generate(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p, num_samples=num_samples, seed=seed):
+        typer.echo(text)
+
+
+@recipes_app.command("validate")
+def recipes_validate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML to check.")],
+    set_: SetOpt = None,
+) -> None:
+    """Check a recipe (keys, types, ranges) without training anything."""
+    from gptune.config import load_recipe
+
+    r = load_recipe(recipe, None, set_)
+    typer.echo(f"{recipe}: ok (run folder {r.run_dir})")
+
+
+@recipes_app.command("show")
+def recipes_show(
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML (absent: the defaults).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the fully resolved recipe (defaults < YAML < --set)."""
+    from gptune.config import load_recipe
+
+    typer.echo(load_recipe(recipe, None, set_).to_yaml(), nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one red line and exit code 2 for a user error (--debug shows the traceback)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("GPTUNE_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    sys.argv = [sys.argv[0]] + args
+    try:
+        app(args=args, prog_name="gptune", standalone_mode=True)
+    except GptuneError as e:
+        if debug:
+            raise
+        from gptune.console import err_console, is_main_process
+
+        if is_main_process():
+            for line in e.problems or [str(e)]:
+                err_console.print(f"[bold red]error:[/] {line}", soft_wrap=True)
+        sys.exit(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: known failures get a plain line
+        from gptune.training.loop import Interrupted
+
+        if isinstance(e, Interrupted):
+            from gptune.console import err_console, is_main_process
+
+            if is_main_process():
+                where = f" (checkpoint {e.checkpoint})" if e.checkpoint else ""
+                err_console.print(f"[yellow]{e}{where}; resume with the same command plus --resume auto[/]",
+                                  soft_wrap=True)
+            sys.exit(e.exit_code)
+        if debug:
+            raise
+        if _is_oom(e):
+            from gptune.console import err_console
+
+            err_console.print("[bold red]error:[/] out of memory: lower train.micro_batch_size (keeping "
+                              "train.global_batch_size, accumulation grows), data.block_size, or set "
+                              "model.gradient_checkpointing=true", soft_wrap=True)
+            sys.exit(2)
+        raise
+
+
+def _is_oom(e: BaseException) -> bool:
+    name = type(e).__name__
+    return isinstance(e, MemoryError) or name == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+if __name__ == "__main__":
+    main()

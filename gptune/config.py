@@ -1,0 +1,544 @@
+"""Recipes: YAML -> typed dataclasses, one per concern, every field documented.
+
+Precedence: dataclass defaults < recipe YAML < explicit CLI flags < ``--set key=value``.
+Every problem in a recipe (unknown key, wrong type, out-of-range value, missing file) is collected
+and reported at once as a :class:`GptuneError`, one line each, naming the dotted key the user typed.
+
+No torch import here: ``gptune --help`` and ``gptune recipes validate`` stay fast.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from gptune.errors import GptuneError
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ArchConfig:
+    """Architecture of a randomly initialised model (ignored when ``model.name_or_path`` is set,
+    except ``dropout`` which is applied to pretrained models too)."""
+
+    n_layer: int = 6
+    """Number of transformer blocks."""
+    n_head: int = 6
+    """Attention heads per block; must divide ``n_embd``."""
+    n_embd: int = 384
+    """Width of the residual stream."""
+    n_positions: int = 256
+    """Longest sequence the model can read (its context); ``data.block_size`` must fit in it."""
+    dropout: float = 0.1
+    """Residual, embedding and attention dropout (GPT-1 used 0.1)."""
+
+    def _checks(self):
+        for k in ("n_layer", "n_head", "n_embd", "n_positions"):
+            if getattr(self, k) <= 0:
+                yield k, f"must be > 0, got {getattr(self, k)}"
+        if self.n_head > 0 and self.n_embd % self.n_head:
+            yield "n_embd", f"must be divisible by model.config.n_head={self.n_head}, got {self.n_embd}"
+        if not 0 <= self.dropout < 1:
+            yield "dropout", f"must be in [0, 1), got {self.dropout}"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train and with which tokenizer."""
+
+    name_or_path: str | None = None
+    """Pretrained model: a local folder (e.g. runs/books/final) or a hub id. Absent: random init from
+    ``model.config``."""
+    arch: Literal["gpt2", "openai-gpt"] = "gpt2"
+    """Architecture for random init: GPT-2 (pre-LayerNorm, SDPA attention) or GPT-1's OpenAI-GPT
+    (post-LayerNorm, eager attention only: slower)."""
+    config: ArchConfig = field(default_factory=ArchConfig)
+    """Architecture of a randomly initialised model."""
+    tokenizer: str | None = None
+    """Tokenizer: a local folder, a hub id, or ``train`` (byte-level BPE trained on ``data.path`` and
+    saved in the run folder). Absent: the tokenizer saved with ``model.name_or_path``."""
+    vocab_size: int = 16384
+    """Vocabulary size when ``model.tokenizer`` is ``train``."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    trust_remote_code: bool = False
+    """Allow a hub model to run its own Python code. Off: loading never executes code from a folder."""
+
+    def _checks(self):
+        if self.vocab_size < 300:
+            yield "vocab_size", f"must be >= 300 (256 bytes + merges + specials), got {self.vocab_size}"
+        if self.name_or_path is None and self.tokenizer is None:
+            yield "tokenizer", "must be set (a folder, a hub id, or 'train') when model.name_or_path is absent"
+
+
+@dataclass
+class DataConfig:
+    """Text for causal-LM pretraining."""
+
+    path: str = "data/books"
+    """A text file, a folder of .txt/.jsonl/.csv/.parquet files, or a hub dataset id (``name`` or
+    ``name:config``)."""
+    text_column: str = "text"
+    """Column holding the text in .jsonl/.csv/.parquet files and hub datasets."""
+    block_size: int = 256
+    """Tokens per training sequence; documents are packed into one stream cut into blocks."""
+    val_path: str | None = None
+    """Validation text (file or folder). Absent: a seeded random ``data.val_fraction`` of the blocks."""
+    val_fraction: float = 0.01
+    """Fraction of blocks held out for validation when ``data.val_path`` is absent."""
+    num_proc: int = 2
+    """Worker processes for tokenization."""
+    max_tokens: int | None = None
+    """Stop reading a (streamed hub) corpus after this many tokens."""
+    cache_dir: str | None = None
+    """Where tokenized, packed data is cached (default ``~/.cache/gptune`` or ``$GPTUNE_CACHE``)."""
+
+    def _checks(self):
+        if self.block_size < 2:
+            yield "block_size", f"must be >= 2, got {self.block_size}"
+        if not 0 <= self.val_fraction < 1:
+            yield "val_fraction", f"must be in [0, 1), got {self.val_fraction}"
+        if self.num_proc < 1:
+            yield "num_proc", f"must be >= 1, got {self.num_proc}"
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            yield "max_tokens", f"must be > 0, got {self.max_tokens}"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: one Accelerate loop for pretraining and fine-tuning."""
+
+    max_steps: int | None = None
+    """Optimizer steps to run. Absent: ``train.epochs`` passes over the data. Raising it on
+    ``--resume`` extends a finished run."""
+    epochs: float | None = None
+    """Passes over the training data when ``train.max_steps`` is absent."""
+    micro_batch_size: int = 8
+    """Sequences per forward pass per process."""
+    global_batch_size: int = 32
+    """Sequences per optimizer step over all processes; gradient accumulation makes up the
+    difference (global = micro x accumulation x processes)."""
+    lr: float = 6e-4
+    """Peak learning rate (GPT-1 pretraining: 2.5e-4; fine-tuning: 6.25e-5)."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup: cosine to ``min_lr_ratio`` (GPT-1 pretraining), linear to 0 (GPT-1
+    fine-tuning), or constant."""
+    warmup: float = 0.02
+    """Warmup: a number >= 1 is a count of steps, a number in [0, 1) a fraction of the run."""
+    min_lr_ratio: float = 0.1
+    """Cosine schedule ends at ``lr * min_lr_ratio``."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay on matrices (weights and embeddings; GPT-1's modified L2,
+    w=0.01); biases and LayerNorm gains are not decayed."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision through Accelerate. bf16 is much slower on CPUs without bf16 units."""
+    compile: bool = False
+    """``torch.compile`` the model (first steps slower while it compiles)."""
+    eval_every: int = 200
+    """Evaluate every N optimizer steps (0: only at the end)."""
+    eval_batches: int | None = 50
+    """Cap on validation batches per periodic evaluation (absent: the whole split)."""
+    save_every: int = 500
+    """Write a resumable checkpoint every N optimizer steps (0: only at the end and on interrupt)."""
+    keep_last: int = 2
+    """Keep this many step checkpoints; older ones are deleted."""
+    log_every: int = 10
+    """Log loss, lr and tokens/s every N optimizer steps (reading the loss syncs the device)."""
+    tracker: Literal["none", "tensorboard"] = "none"
+    """Experiment tracker through Accelerate, logging into the run folder."""
+    skip_nonfinite: int = 0
+    """Skip up to N batches whose loss is NaN/inf before stopping the run (0: stop at the first)."""
+
+    def _checks(self):
+        if self.max_steps is not None and self.max_steps <= 0:
+            yield "max_steps", f"must be > 0, got {self.max_steps}"
+        if self.epochs is not None and self.epochs <= 0:
+            yield "epochs", f"must be > 0, got {self.epochs}"
+        if self.max_steps is None and self.epochs is None:
+            yield "max_steps", "set train.max_steps or train.epochs"
+        for k in ("micro_batch_size", "global_batch_size"):
+            if getattr(self, k) <= 0:
+                yield k, f"must be > 0, got {getattr(self, k)}"
+        if self.micro_batch_size > 0 and self.global_batch_size % self.micro_batch_size:
+            yield "global_batch_size", (
+                f"must be a multiple of train.micro_batch_size={self.micro_batch_size}, got {self.global_batch_size}"
+            )
+        if self.lr <= 0:
+            yield "lr", f"must be > 0, got {self.lr}"
+        if self.warmup < 0:
+            yield "warmup", f"must be >= 0, got {self.warmup}"
+        if not 0 <= self.min_lr_ratio <= 1:
+            yield "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
+        if self.weight_decay < 0:
+            yield "weight_decay", f"must be >= 0, got {self.weight_decay}"
+        for k in ("beta1", "beta2"):
+            if not 0 <= getattr(self, k) < 1:
+                yield k, f"must be in [0, 1), got {getattr(self, k)}"
+        for k in ("grad_clip", "eval_every", "save_every", "skip_nonfinite"):
+            if getattr(self, k) < 0:
+                yield k, f"must be >= 0, got {getattr(self, k)}"
+        if self.keep_last < 1:
+            yield "keep_last", f"must be >= 1, got {self.keep_last}"
+        if self.log_every < 1:
+            yield "log_every", f"must be >= 1, got {self.log_every}"
+        if self.eval_batches is not None and self.eval_batches < 1:
+            yield "eval_batches", f"must be >= 1, got {self.eval_batches}"
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters through PEFT (used by ``gptune finetune --lora``)."""
+
+    enabled: bool = False
+    """Train LoRA adapters (plus the task head and the new special-token rows) instead of all weights."""
+    r: int = 8
+    """Rank of the LoRA update."""
+    alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+    """Modules that get adapters (GPT-2 and GPT-1 names; both use Conv1D, so fan_in_fan_out is set)."""
+    merge: bool = False
+    """Also write a merged full model to ``final/merged``."""
+
+    def _checks(self):
+        if self.r <= 0:
+            yield "r", f"must be > 0, got {self.r}"
+        if self.alpha <= 0:
+            yield "alpha", f"must be > 0, got {self.alpha}"
+        if not 0 <= self.dropout < 1:
+            yield "dropout", f"must be in [0, 1), got {self.dropout}"
+        if not self.target_modules:
+            yield "target_modules", "must name at least one module"
+
+
+@dataclass
+class TaskConfig:
+    """The supervised task for ``gptune finetune``: a GLUE task by name, or your own files."""
+
+    name: str | None = None
+    """A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or a name for a custom task."""
+    data_dir: str | None = None
+    """GLUE data in the glue_data/ layout (else ``$GPTUNE_GLUE_DIR``, else ./glue_data, else the hub)."""
+    kind: Literal["classification", "entailment", "similarity", "multiple_choice"] | None = None
+    """Custom tasks: the GPT-1 input transformation to use."""
+    train_file: str | None = None
+    """Custom tasks: training rows (.csv, .tsv or .jsonl with a header / keys)."""
+    eval_file: str | None = None
+    """Custom tasks: evaluation rows, same format."""
+    text_fields: list[str] = field(default_factory=list)
+    """Custom tasks: text columns in order (multiple choice: context, then one column per candidate)."""
+    label_field: str = "label"
+    """Custom tasks: the label column."""
+    labels: list[str] | None = None
+    """Custom tasks: the label set (absent: regression on a float label)."""
+    max_length: int = 128
+    """Longest input sequence after the GPT-1 transformation; longer inputs are truncated (the
+    longer segment first; the extract token is always kept)."""
+    lm_coef: float = 0.5
+    """Weight of the auxiliary language-modelling loss: L = L_task + lm_coef * L_lm (0 disables)."""
+    clf_dropout: float = 0.1
+    """Dropout before the task head (GPT-1: 0.1)."""
+    input_style: Literal["gpt1", "plain"] = "gpt1"
+    """``gpt1``: special start/delimiter/extract tokens, head on the extract token. ``plain``:
+    run_glue-style concatenation, head on the last token (for ablations)."""
+    eval_every_epoch: bool = True
+    """Evaluate on the dev split(s) after every epoch."""
+
+    def _checks(self):
+        if self.lm_coef < 0:
+            yield "lm_coef", f"must be >= 0, got {self.lm_coef}"
+        if self.max_length < 8:
+            yield "max_length", f"must be >= 8, got {self.max_length}"
+        if not 0 <= self.clf_dropout < 1:
+            yield "clf_dropout", f"must be in [0, 1), got {self.clf_dropout}"
+
+
+@dataclass
+class Recipe:
+    """A whole run: what to train, on what, how, and where the run folder goes."""
+
+    name: str = "run"
+    """Run name; the run folder defaults to runs/<name>."""
+    seed: int = 1337
+    """Seed for weights, data order, dropout and the validation split."""
+    out_dir: str | None = None
+    """Run folder (default: runs/<name>)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model and tokenizer."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Pretraining text."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """Fine-tuning task (fine-tuning only)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (fine-tuning only)."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, header: str = "") -> str:
+        body = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+        return (header + "\n" if header else "") + body
+
+
+# --------------------------------------------------------------------------------------------------
+# Building a recipe: dict -> dataclasses, every problem reported at once
+# --------------------------------------------------------------------------------------------------
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+_NO = object()
+
+
+def _coerce(value, tp):
+    """Return ``value`` as type ``tp``, or ``_NO`` when it is not one (YAML ints pass as floats)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        return value if value in typing.get_args(tp) else _NO
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            out = _coerce(value, arg)
+            if out is not _NO:
+                return out
+        return _NO
+    if tp is type(None):
+        return None if value is None else _NO
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str) and inner is str:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            return _NO
+        out = [_coerce(v, inner) for v in value]
+        return _NO if any(v is _NO for v in out) else out
+    if origin is dict or tp is dict:
+        return value if isinstance(value, dict) else _NO
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        return _NO
+    if tp is str:
+        return value if isinstance(value, str) else (str(value) if isinstance(value, int | float) else _NO)
+    return value
+
+
+def _build(cls, raw: Any, prefix: str, problems: list[str]):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'recipe'}: must be a mapping of keys, got {raw!r}")
+        return cls()
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(names)})"
+            problems.append(f"{prefix}{key}: unknown key{hint}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.", problems)
+            continue
+        out = _coerce(value, tp)
+        if out is _NO:
+            problems.append(f"{prefix}{key}: expected {_type_name(tp)}, got {value!r}")
+            continue
+        kwargs[key] = out
+    obj = cls(**kwargs)
+    if hasattr(obj, "_checks"):
+        for key, message in obj._checks():
+            problems.append(f"{prefix}{key}: {message}")
+    return obj
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=1`` -> (``a.b``, 1). Values are read as YAML scalars (``1e-4``, ``true``, ``null``, ``[a,b]``)."""
+    if "=" not in item:
+        raise GptuneError(f"--set {item}: expected key=value, e.g. --set train.max_steps=200")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    # YAML 1.1 reads 6e-4 as a string; a float is meant.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def read_recipe_file(path: str | Path) -> dict:
+    """Read a recipe YAML file into a dict; errors name the file (and the line for syntax errors)."""
+    p = Path(path)
+    if not p.exists():
+        raise GptuneError(f"recipe {p}: no such file")
+    if p.is_dir():
+        cand = p / "recipe.yaml"
+        if cand.exists():
+            p = cand
+        else:
+            raise GptuneError(f"recipe {p}: is a folder without recipe.yaml")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GptuneError(f"recipe {p}: cannot read ({e})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise GptuneError(f"recipe {p}:{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise GptuneError(f"recipe {p}: must be a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
+    return raw
+
+
+def build_recipe(raw: dict | None = None, overrides: dict[str, Any] | None = None,
+                 sets: list[str] | None = None, *, source: str = "") -> Recipe:
+    """Defaults < ``raw`` (from YAML) < ``overrides`` (CLI flags, dotted keys) < ``sets`` (``--set k=v``)."""
+    raw = _deep_copy(raw or {})
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    problems: list[str] = []
+    for item in sets or []:
+        try:
+            key, value = parse_override(item)
+        except GptuneError as e:
+            problems.extend(e.problems)
+            continue
+        _set_dotted(raw, key, value)
+    recipe = _build(Recipe, raw, "", problems)
+    if problems:
+        head = f"{source}: " if source else ""
+        raise GptuneError(*[head + p for p in problems])
+    return recipe
+
+
+def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                sets: list[str] | None = None) -> Recipe:
+    raw = read_recipe_file(path) if path else {}
+    return build_recipe(raw, overrides, sets, source=str(path) if path else "")
+
+
+def _deep_copy(obj):
+    if isinstance(obj, dict):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
+
+
+def recipe_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two recipe dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, _NO), b.get(key, _NO)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += recipe_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Field docs: the docstring under each field is the single source for --help, docs and comments
+# --------------------------------------------------------------------------------------------------
+@functools.cache
+def field_docs(cls) -> dict[str, str]:
+    """{field name: the string literal written under it in the class body}."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def iter_fields(cls=Recipe, prefix: str = ""):
+    """Yield (dotted key, type name, default, doc) for every leaf field of the recipe."""
+    hints = _hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, f"{prefix}{f.name}.")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        yield f"{prefix}{f.name}", _type_name(tp), default, docs.get(f.name, "")
+
+
+def section_doc(cls) -> str:
+    return " ".join((cls.__doc__ or "").split())

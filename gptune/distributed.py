@@ -1,0 +1,56 @@
+"""``--num-processes N``: re-run the same command under ``accelerate launch`` (DDP; gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from gptune.errors import GptuneError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def launch_command(num_processes: int, argv: list[str], port: int | None = None) -> list[str]:
+    """The accelerate launch command line. ``--multi_gpu`` starts N real processes (torchrun) on GPUs
+    and on CPUs alike; ``--cpu`` would start one process unless an MPI host file is configured."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", str(num_processes), "--num_machines", "1", "--multi_gpu",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(port or free_port()),
+        "-m", "gptune", *argv,
+    ]
+
+
+def launch(num_processes: int, argv: list[str]) -> int:
+    if num_processes < 1:
+        raise GptuneError(f"--num-processes must be >= 1, got {num_processes}")
+    port = int(os.environ.get("GPTUNE_MAIN_PORT", "0")) or None
+    if port and port_in_use(port):
+        raise GptuneError(f"GPTUNE_MAIN_PORT={port} is already in use; pick another port or unset it")
+    env = dict(os.environ, ACCELERATE_LAUNCHED_GPTUNE="1")
+    import torch
+
+    if not torch.cuda.is_available():
+        # CPU processes share the cores: one thread each unless the user says otherwise
+        threads = max(1, (os.cpu_count() or 1) // num_processes)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        return subprocess.call(launch_command(num_processes, argv, port), env=env)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,168 @@
+"""The language model: from a config (random init) or ``from_pretrained``; tokenizer fit; body/head access."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gptune.config import ModelConfig
+from gptune.errors import GptuneError
+
+ARCHS = {"gpt2", "openai-gpt"}
+
+
+def is_local(spec: str) -> bool:
+    return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~"))
+
+
+def _offline_hint(flag: str) -> str:
+    return f"pass a local folder with {flag}"
+
+
+def random_config(mcfg: ModelConfig, vocab_size: int, *, bos_id: int | None, eos_id: int | None):
+    """A Hugging Face config for a randomly initialised GPT-2 or OpenAI-GPT model."""
+    a = mcfg.config
+    common = dict(
+        vocab_size=vocab_size,
+        n_positions=a.n_positions,
+        n_embd=a.n_embd,
+        n_layer=a.n_layer,
+        n_head=a.n_head,
+        resid_pdrop=a.dropout,
+        embd_pdrop=a.dropout,
+        attn_pdrop=a.dropout,
+    )
+    if mcfg.arch == "openai-gpt":
+        from transformers import OpenAIGPTConfig
+
+        # GPT-1's config has no bos/eos; they go into the config for generation only.
+        return OpenAIGPTConfig(**common, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    from transformers import GPT2Config
+
+    return GPT2Config(**common, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+
+
+def build_causal_lm(mcfg: ModelConfig, tokenizer) -> nn.Module:
+    """A causal LM whose embeddings fit ``tokenizer``: pretrained when ``model.name_or_path`` is set,
+    else randomly initialised from ``model.config`` (seed the RNG first)."""
+    if mcfg.name_or_path:
+        model = load_pretrained_lm(mcfg.name_or_path, trust_remote_code=mcfg.trust_remote_code,
+                                   field="model.name_or_path")
+        set_dropout(model, mcfg.config.dropout)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        config = random_config(mcfg, len(tokenizer), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id)
+        model = AutoModelForCausalLM.from_config(config)
+    fit_tokenizer(model, tokenizer, source=mcfg.name_or_path or "the random config")
+    if mcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def load_pretrained_lm(spec: str, *, trust_remote_code: bool = False, field: str = "--model"):
+    """``AutoModelForCausalLM.from_pretrained`` with errors a user can act on.
+
+    Weights load from safetensors when present; ``trust_remote_code`` stays off unless asked for, so
+    loading a folder never runs code from it.
+    """
+    from transformers import AutoModelForCausalLM
+
+    local = is_local(spec)
+    path = Path(spec).expanduser()
+    if local:
+        if not path.exists():
+            raise GptuneError(f"{field}: no such folder: {spec}")
+        if not (path / "config.json").exists():
+            raise GptuneError(f"{field}: {spec} is not a model folder (no config.json); "
+                              "pass a folder written by save_pretrained, e.g. runs/<name>/final")
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path) if local else spec,
+                                                    trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if not local:
+            raise GptuneError(f"{field}: cannot load '{spec}' from the Hugging Face hub "
+                              f"({_first_line(e)}); {_offline_hint(field)}") from None
+        raise GptuneError(f"{field}: cannot load a model from {spec}: {_first_line(e)}") from None
+    except ValueError as e:
+        raise GptuneError(f"{field}: {spec} is not a causal-LM model: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def fit_tokenizer(model, tokenizer, *, source: str = "the model") -> None:
+    """Grow the embeddings for tokens the tokenizer adds (special tokens). A tokenizer whose base
+    vocabulary is larger than the model's is refused: those ids would index random rows."""
+    n_model = model.get_input_embeddings().weight.shape[0]
+    base = getattr(tokenizer, "vocab_size", len(tokenizer))
+    if base > n_model:
+        raise GptuneError(
+            f"model.tokenizer: the tokenizer has {base} entries but {source} has {n_model} embeddings; "
+            "use the tokenizer saved with the model"
+        )
+    if len(tokenizer) > n_model:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if tokenizer.pad_token_id is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def set_dropout(model, p: float) -> None:
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, p)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+
+
+def body_and_head(model) -> tuple[nn.Module, nn.Module]:
+    """(transformer body returning hidden states, LM head) of a causal LM, unwrapping PEFT and DDP."""
+    inner = model
+    for attr in ("module", "_orig_mod"):  # DDP / torch.compile wrappers
+        while hasattr(inner, attr) and isinstance(getattr(inner, attr), nn.Module):
+            inner = getattr(inner, attr)
+    if hasattr(inner, "get_base_model"):  # PEFT
+        inner = inner.get_base_model()
+    body = getattr(inner, inner.base_model_prefix)
+    return body, inner.get_output_embeddings()
+
+
+def context_length(config) -> int:
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return 1024
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def set_threads() -> None:
+    """Under several CPU processes, one thread each unless OMP_NUM_THREADS says otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+
+
+class LMWithLoss(nn.Module):
+    """A causal LM whose forward returns the token-mean LM loss, computed from hidden states with
+    the chunked head (the full logits are never built). Accelerate/DDP wrap this module, so the
+    forward that computes the loss is the one the distributed wrapper sees."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        from gptune.losses import causal_lm_loss
+
+        body, head = body_and_head(self.lm)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
+        return causal_lm_loss(hidden, head.weight, input_ids, attention_mask)

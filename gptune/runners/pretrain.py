@@ -1,0 +1,205 @@
+"""``gptune pretrain``: causal-LM pretraining on packed text. Reads like a table of contents."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from gptune.config import Recipe
+from gptune.console import MetricsWriter, say, summary_table
+from gptune.errors import GptuneError
+from gptune.training.checkpoint import (
+    Checkpointer,
+    TrainState,
+    check_compatible,
+    prepare_run_dir,
+    resolve_resume,
+    write_atomic,
+)
+from gptune.training.loop import EpochSampler, StepOutput, build_accelerator, plan_steps, train
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    final_dir: Path
+    steps: int
+    tokens: int
+    seconds: float
+    metrics: dict
+
+    def rows(self) -> dict:
+        return {"run folder": str(self.run_dir), "final model": str(self.final_dir), "steps": self.steps,
+                "tokens": self.tokens, "wall time (s)": round(self.seconds, 1),
+                "tokens/s": round(self.tokens / max(self.seconds, 1e-9)), **self.metrics}
+
+
+def recipe_header(command: str) -> str:
+    return f"# resolved recipe, written by gptune; replay with:\n#   {command}\n"
+
+
+def open_run(recipe: Recipe, *, resume: str | None, overwrite: bool, command: str):
+    """Resolve the checkpoint to resume from, create the Accelerator and the run folder, write recipe.yaml."""
+    run_dir = recipe.run_dir
+    ckpt = resolve_resume(resume, run_dir)
+    if ckpt is not None:
+        saved = yaml.safe_load((ckpt / "recipe.yaml").read_text()) if (ckpt / "recipe.yaml").exists() else {}
+        check_compatible(saved, recipe, ckpt)
+    accelerator = build_accelerator(recipe.train, run_dir, seed=recipe.seed)
+    if accelerator.is_main_process:
+        prepare_run_dir(run_dir, resuming=ckpt is not None, overwrite=overwrite)
+        write_atomic(run_dir / "recipe.yaml", recipe.to_yaml(recipe_header(command)))
+    accelerator.wait_for_everyone()
+    return accelerator, run_dir, ckpt
+
+
+def load_tokenizer_for(recipe: Recipe, run_dir: Path):
+    from gptune.data.text import discover_files
+    from gptune.tokenization import load_tokenizer
+
+    spec = recipe.model.tokenizer or recipe.model.name_or_path
+    files = discover_files(recipe.data.path) if spec == "train" else None
+    return load_tokenizer(spec, run_dir=run_dir, train_files=files, vocab_size=recipe.model.vocab_size,
+                          trust_remote_code=recipe.model.trust_remote_code)
+
+
+def load_lm_data(recipe: Recipe, tokenizer, accelerator):
+    from gptune.data.text import build_lm_data
+
+    d = recipe.data
+    return build_lm_data(d.path, tokenizer, d.block_size, text_column=d.text_column, val_path=d.val_path,
+                         val_fraction=d.val_fraction, num_proc=d.num_proc, max_tokens=d.max_tokens,
+                         seed=recipe.seed, cache_dir=d.cache_dir, first=accelerator.main_process_first)
+
+
+def build_loaders(recipe: Recipe, data):
+    micro = recipe.train.micro_batch_size
+    if len(data.train) < micro:
+        raise GptuneError(f"data.path: the corpus gives {len(data.train)} training blocks of "
+                          f"{recipe.data.block_size} tokens, fewer than train.micro_batch_size={micro}")
+    train_loader = torch.utils.data.DataLoader(
+        data.train, batch_size=micro, sampler=EpochSampler(len(data.train), recipe.seed), drop_last=True
+    )
+    val_loader = None
+    if data.val is not None and len(data.val):
+        val_loader = torch.utils.data.DataLoader(data.val, batch_size=micro, shuffle=False)
+    return train_loader, val_loader
+
+
+def lm_step(model, batch) -> StepOutput:
+    loss, n = model(batch["input_ids"], batch.get("attention_mask"))
+    return StepOutput(loss=loss, tokens=int(batch["input_ids"].numel()))
+
+
+@torch.no_grad()
+def evaluate_lm(accelerator, model, loader, max_batches: int | None) -> dict:
+    """Token-weighted validation loss and perplexity, summed exactly over processes."""
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        loss, n = model(batch["input_ids"], batch.get("attention_mask"))
+        nll += loss.double() * n
+        count += n
+    nll, count = accelerator.reduce(nll, "sum"), accelerator.reduce(count, "sum")
+    mean = float(nll / count.clamp(min=1))
+    return {"val_loss": mean, "val_ppl": float(torch.exp(torch.tensor(mean))), "val_tokens": int(count)}
+
+
+def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, metrics: dict) -> Path:
+    """``final/``: a save_pretrained model + tokenizer that AutoModelForCausalLM/AutoTokenizer load,
+    with the recipe and metrics beside it. Written to a temporary folder, then renamed."""
+    final = run_dir / "final"
+    accelerator.wait_for_everyone()
+    lm = accelerator.unwrap_model(model).lm
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        tmp = run_dir / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        inner = {k.removeprefix("lm."): v for k, v in state_dict.items()}
+        lm.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
+                 command: str = "gptune pretrain") -> RunSummary:
+    from accelerate.utils import set_seed
+
+    from gptune.modeling.gpt import LMWithLoss, build_causal_lm, context_length, count_parameters, set_threads
+    from gptune.training.optim import build_optimizer, build_scheduler
+
+    t0 = time.perf_counter()
+    set_threads()
+    accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
+    set_seed(recipe.seed)
+    tokenizer = load_tokenizer_for(recipe, run_dir)
+    data = load_lm_data(recipe, tokenizer, accelerator)
+    lm = build_causal_lm(recipe.model, tokenizer)
+    if recipe.data.block_size > context_length(lm.config):
+        raise GptuneError(f"data.block_size={recipe.data.block_size} is larger than the model's context "
+                          f"({context_length(lm.config)}); lower it or raise model.config.n_positions")
+    model = LMWithLoss(lm)
+    if recipe.train.compile:
+        model = torch.compile(model)
+    say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} "
+        f"{count_parameters(lm) / 1e6:.1f}M params | data {recipe.data.path}: {data.stats.tokens:,} tokens, "
+        f"{len(data.train)} train / {len(data.val) if data.val is not None else 0} val blocks"
+        f"{' (cached)' if data.stats.cached else ''} | out {run_dir}")
+    if data.stats.dropped_tokens:
+        say(f"  packing dropped the final partial block: {data.stats.dropped_tokens} tokens")
+    train_loader, val_loader = build_loaders(recipe, data)
+    optimizer = build_optimizer(model, recipe.train)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    total = plan_steps(recipe.train, len(train_loader), accelerator.gradient_accumulation_steps)
+    scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, total))
+    recipe_yaml = recipe.to_yaml(recipe_header(command))
+    checkpointer = Checkpointer(accelerator, run_dir, recipe.train.keep_last, recipe_yaml)
+    state = TrainState(total_steps=total)
+    if ckpt is not None:
+        state = checkpointer.load(ckpt)
+        state.total_steps = total
+        say(f"  resumed from {ckpt} at step {state.step} of {total}")
+    metrics = MetricsWriter(run_dir / "metrics.jsonl")
+
+    def evaluate_fn(st: TrainState) -> dict:
+        if val_loader is None:
+            return {}
+        out = evaluate_lm(accelerator, model, val_loader, recipe.train.eval_batches)
+        metrics.write("eval", step=st.step, **out)
+        return out
+
+    if recipe.train.tracker != "none":
+        accelerator.init_trackers(recipe.name)
+    state = train(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+                  loader=train_loader, cfg=recipe.train, state=state, step_fn=lm_step,
+                  evaluate_fn=evaluate_fn, checkpointer=checkpointer, metrics=metrics, description="pretrain")
+    if recipe.train.save_every and state.step % recipe.train.save_every:
+        checkpointer.save(state)
+    final_metrics = {}
+    if val_loader is not None:
+        final_metrics = evaluate_lm(accelerator, model, val_loader, None)
+        metrics.write("eval", step=state.step, final=True, **final_metrics)
+    final = save_final(accelerator, model, tokenizer, run_dir, recipe_yaml, {"step": state.step, **final_metrics})
+    metrics.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
+    summary_table("pretrain finished", summary.rows())
+    return summary

@@ -1,0 +1,204 @@
+"""Run folders and checkpoints: ``step-NNNNNN/`` via ``save_state``, resume, atomic writes.
+
+A checkpoint is written into a hidden temporary folder, its files fsync'ed, then renamed into
+place; the ``latest`` pointer is replaced last. A run killed at any moment therefore leaves the
+previous complete checkpoint as the latest one. ``trainer_state.json`` is the last file written
+into a checkpoint, so its presence marks a complete one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gptune.config import Recipe, recipe_diff
+from gptune.errors import GptuneError
+
+STATE_FILE = "trainer_state.json"
+LATEST = "latest"
+
+# Keys that may change when a run is resumed: how long it trains and how it logs, not what it is.
+RESUMABLE_CHANGES = (
+    "train.max_steps", "train.epochs", "train.eval_every", "train.eval_batches", "train.save_every",
+    "train.keep_last", "train.log_every", "train.tracker", "train.skip_nonfinite", "data.num_proc",
+    "data.cache_dir", "out_dir", "task.data_dir",
+)
+
+
+@dataclass
+class TrainState:
+    """Where a run is: saved in every checkpoint, restored on resume."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    epoch: int = 0
+    """Current pass over the training data."""
+    batch_in_epoch: int = 0
+    """Micro-batches of the current epoch already consumed (skipped on resume)."""
+    tokens: int = 0
+    """Training tokens seen over all processes."""
+    total_steps: int = 0
+    """Steps the run is planned for."""
+    skipped_batches: int = 0
+    """Batches skipped because their loss was not finite."""
+    history: dict = field(default_factory=dict)
+    """Last evaluation metrics."""
+
+
+def fsync_tree(path: Path) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def is_complete(ckpt: Path) -> bool:
+    return (ckpt / STATE_FILE).exists()
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(run_dir).glob("step-*") if p.is_dir() and is_complete(p))
+
+
+def find_latest(run_dir: Path) -> Path | None:
+    """The latest complete checkpoint of a run folder (the ``latest`` pointer, else the newest)."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / LATEST
+    if pointer.exists():
+        cand = run_dir / pointer.read_text().strip()
+        if cand.is_dir() and is_complete(cand):
+            return cand
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """``--resume auto`` -> latest checkpoint of the run folder (None when there is none yet is an error);
+    ``--resume PATH`` -> that checkpoint or the latest one in that run folder."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = find_latest(run_dir)
+        if found is None:
+            raise GptuneError(f"--resume auto: {run_dir} holds no complete checkpoint (step-*/) to resume from; "
+                              "drop --resume to start a new run")
+        return found
+    path = Path(resume)
+    if not path.exists():
+        raise GptuneError(f"--resume {resume}: no such checkpoint folder")
+    if is_complete(path):
+        return path
+    found = find_latest(path)
+    if found is None:
+        raise GptuneError(f"--resume {resume}: not a complete checkpoint (no {STATE_FILE}) and holds no step-*/ folder")
+    return found
+
+
+def prepare_run_dir(run_dir: Path, *, resuming: bool, overwrite: bool) -> None:
+    """Refuse to write a new run over an old one unless asked to."""
+    run_dir = Path(run_dir)
+    holds_run = run_dir.exists() and any(
+        (run_dir / n).exists() for n in ("recipe.yaml", "final", LATEST, "metrics.jsonl")
+    ) or bool(list(run_dir.glob("step-*")))
+    if holds_run and not resuming:
+        if not overwrite:
+            raise GptuneError(f"output folder {run_dir} already holds a run; pass --resume auto to continue it, "
+                              "--overwrite to replace it, or --out-dir for a new folder")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def check_compatible(saved_recipe: dict, recipe: Recipe, ckpt: Path) -> list[str]:
+    """Keys that differ between the checkpoint's recipe and this one, other than the training length."""
+    diff = recipe_diff(saved_recipe, recipe.to_dict())
+    bad = [k for k in diff if k not in RESUMABLE_CHANGES]
+    if bad:
+        raise GptuneError(
+            f"--resume {ckpt}: the checkpoint was written by a different recipe; these keys differ: "
+            f"{', '.join(bad)} (only the training length and logging may change on resume)"
+        )
+    return diff
+
+
+class Checkpointer:
+    """Writes and prunes ``step-NNNNNN/`` checkpoints of one run folder."""
+
+    def __init__(self, accelerator, run_dir: Path, keep_last: int, recipe_yaml: str):
+        self.accelerator = accelerator
+        self.run_dir = Path(run_dir)
+        self.keep_last = keep_last
+        self.recipe_yaml = recipe_yaml
+
+    def save(self, state: TrainState) -> Path:
+        acc = self.accelerator
+        name = f"step-{state.step:06d}"
+        final = self.run_dir / name
+        tmp = self.run_dir / f".tmp-{name}"
+        try:
+            if acc.is_main_process and tmp.exists():
+                shutil.rmtree(tmp)
+            acc.wait_for_everyone()
+            # every process takes part: each writes its own RNG state, the main one the weights
+            acc.save_state(str(tmp), safe_serialization=True)
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                (tmp / "recipe.yaml").write_text(self.recipe_yaml, encoding="utf-8")
+                (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+                _pause_for_tests("after_state")
+                fsync_tree(tmp)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                write_atomic(self.run_dir / LATEST, name + "\n")
+                self._prune()
+        except OSError as e:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            reason = "the disk is full" if e.errno == errno.ENOSPC else str(e)
+            kept = find_latest(self.run_dir)
+            raise GptuneError(
+                f"could not write checkpoint {final}: {reason}; the partial checkpoint was removed"
+                + (f" and {kept.name} is intact" if kept else "")
+            ) from None
+        acc.wait_for_everyone()
+        return final
+
+    def _prune(self) -> None:
+        ckpts = list_checkpoints(self.run_dir)
+        for old in ckpts[: max(0, len(ckpts) - self.keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, ckpt: Path) -> TrainState:
+        self.accelerator.load_state(str(ckpt))
+        data = json.loads((ckpt / STATE_FILE).read_text())
+        return TrainState(**data)
+
+
+def _pause_for_tests(point: str) -> None:
+    """Let a test kill the process at a chosen point of a checkpoint write (GPTUNE_TEST_PAUSE=point:seconds)."""
+    spec = os.environ.get("GPTUNE_TEST_PAUSE", "")
+    if spec.startswith(point + ":"):
+        import time
+
+        marker = os.environ.get("GPTUNE_TEST_PAUSE_MARKER")
+        if marker:
+            Path(marker).write_text("paused")
+        time.sleep(float(spec.split(":", 1)[1]))
