@@ -100,8 +100,12 @@ class TaskSpec:
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             p.append(f"{where}: labels must be distinct, got {list(self.labels)}")
         if self.labels is not None and len(self.labels) < 2:
-            p.append(f"{where}: labels needs at least 2 values (or none for regression), got {list(self.labels)}")
-        if self.label_names is not None and (self.labels is None or len(self.label_names) != len(self.labels)):
+            p.append(
+                f"{where}: labels needs at least 2 values (or none for regression), got {list(self.labels)}"
+            )
+        if self.label_names is not None and (
+            self.labels is None or len(self.label_names) != len(self.labels)
+        ):
             p.append(f"{where}: label_names must have one name per label")
         allowed = REGRESSION_METRICS if self.labels is None else CLASS_METRICS
         for m in self.metrics:
@@ -137,7 +141,9 @@ class TaskSpec:
     def split_file(self, split: str) -> str:
         """The file of `split`; unknown split -> GptuneError listing the known ones."""
         if split not in self.splits:
-            raise GptuneError(f"task {self.name} has no split '{split}'; choose one of {', '.join(self.splits)}")
+            raise GptuneError(
+                f"task {self.name} has no split '{split}'; choose one of {', '.join(self.splits)}"
+            )
         return self.splits[split]
 
     def to_dict(self) -> dict[str, Any]:

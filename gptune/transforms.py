@@ -67,12 +67,16 @@ def truncate_longest_first(segments: list[list[int]], budget: int) -> list[list[
 def _check(kind: str, segments: list[list[int]], max_length: int) -> None:
     if kind == "multiple_choice":
         if len(segments) < 3:
-            raise ValueError(f"multiple_choice needs [context, answer_1, answer_2, ...], got {len(segments)} segments")
+            raise ValueError(
+                f"multiple_choice needs [context, answer_1, answer_2, ...], got {len(segments)} segments"
+            )
     elif kind in _SEGMENTS:
         if len(segments) != _SEGMENTS[kind]:
             raise ValueError(f"{kind} takes {_SEGMENTS[kind]} segment(s), got {len(segments)}")
     else:
-        raise ValueError(f"unknown kind '{kind}': expected one of classification, entailment, similarity, multiple_choice")
+        raise ValueError(
+            f"unknown kind '{kind}': expected one of classification, entailment, similarity, multiple_choice"
+        )
     need = min_length(kind, len(segments))
     if max_length < need:
         raise ValueError(
@@ -119,6 +123,8 @@ def encode_plain(segments: list[list[int]], eos_id: int | None, max_length: int)
         raise ValueError("encode_plain needs at least one segment")
     tail = [] if eos_id is None else [eos_id]
     if max_length < len(tail) + len(segments):
-        raise ValueError(f"max_length {max_length} is too small for {len(segments)} segment(s) plus {len(tail)} eos")
+        raise ValueError(
+            f"max_length {max_length} is too small for {len(segments)} segment(s) plus {len(tail)} eos"
+        )
     parts = truncate_longest_first(segments, max_length - len(tail))
     return [t for p in parts for t in p] + tail

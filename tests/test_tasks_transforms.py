@@ -32,7 +32,10 @@ def test_glue_table_covers_nine_tasks_with_paper_numbers():
     assert get_task("mnli").eval_splits == ("validation_matched", "validation_mismatched")
     assert get_task("mnli").splits["validation_mismatched"] == "dev_mismatched.tsv"
     assert get_task("mrpc").paper_score == {"f1": 82.3}
-    assert get_task("mnli").paper_score == {"validation_matched/accuracy": 82.1, "validation_mismatched/accuracy": 81.4}
+    assert get_task("mnli").paper_score == {
+        "validation_matched/accuracy": 82.1,
+        "validation_mismatched/accuracy": 81.4,
+    }
     assert get_task("wnli").paper_score == {}
     # label ids follow the hub dataset: MNLI entailment=0, WNLI 1 = entailment
     assert get_task("mnli").labels == ("entailment", "neutral", "contradiction")
