@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,7 +112,10 @@ def test_multiple_choice_needs_one_label_per_candidate():
 
 def test_tasks_module_imports_without_torch():
     code = "import sys, gptune.tasks, gptune.transforms; print(sorted({'torch','numpy','datasets'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    root = Path(__file__).resolve().parents[1]  # this checkout's gptune, not an installed one
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    ).stdout
     assert out.strip() == "[]"
 
 
