@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptune.config import Recipe, build_recipe, field_docs, iter_fields, load_recipe, parse_override, recipe_diff
+from gptune.config import (
+    Recipe,
+    build_recipe,
+    field_docs,
+    iter_fields,
+    load_recipe,
+    parse_override,
+    recipe_diff,
+)
 from gptune.errors import GptuneError
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))

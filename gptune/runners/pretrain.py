@@ -136,6 +136,14 @@ def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, m
     return final
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop logged events past the checkpoint: they are about to be produced again."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        write_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
 def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
                  command: str = "gptune pretrain") -> RunSummary:
     from accelerate.utils import set_seed
@@ -157,7 +165,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     if recipe.train.compile:
         model = torch.compile(model)
     say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} "
-        f"{count_parameters(lm) / 1e6:.1f}M params | data {recipe.data.path}: {data.stats.tokens:,} tokens, "
+        f"{count_parameters(lm) / 1e6:.2f}M params | data {recipe.data.path}: {data.stats.tokens:,} tokens, "
         f"{len(data.train)} train / {len(data.val) if data.val is not None else 0} val blocks"
         f"{' (cached)' if data.stats.cached else ''} | out {run_dir}")
     if data.stats.dropped_tokens:
@@ -176,6 +184,8 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         state = checkpointer.load(ckpt)
         state.total_steps = total
         say(f"  resumed from {ckpt} at step {state.step} of {total}")
+        if accelerator.is_main_process:
+            truncate_metrics(run_dir / "metrics.jsonl", state.step)
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
 
     def evaluate_fn(st: TrainState) -> dict:
