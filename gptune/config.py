@@ -103,6 +103,9 @@ class DataConfig:
     """Worker processes for tokenization."""
     max_tokens: int | None = None
     """Stop reading a (streamed hub) corpus after this many tokens."""
+    fallback_encoding: str | None = None
+    """Encoding for text files that are not valid UTF-8 (e.g. ``latin-1``). Absent: such a file is an
+    error naming it and the first bad byte."""
     cache_dir: str | None = None
     """Where tokenized, packed data is cached (default ``~/.cache/gptune`` or ``$GPTUNE_CACHE``)."""
 

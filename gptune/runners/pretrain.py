@@ -76,7 +76,8 @@ def load_lm_data(recipe: Recipe, tokenizer, accelerator):
     d = recipe.data
     return build_lm_data(d.path, tokenizer, d.block_size, text_column=d.text_column, val_path=d.val_path,
                          val_fraction=d.val_fraction, num_proc=d.num_proc, max_tokens=d.max_tokens,
-                         seed=recipe.seed, cache_dir=d.cache_dir, first=accelerator.main_process_first)
+                         seed=recipe.seed, cache_dir=d.cache_dir,
+                         fallback_encoding=d.fallback_encoding, first=accelerator.main_process_first)
 
 
 def build_loaders(recipe: Recipe, data):

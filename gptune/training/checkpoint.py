@@ -116,7 +116,7 @@ def prepare_run_dir(run_dir: Path, *, resuming: bool, overwrite: bool) -> None:
     """Refuse to write a new run over an old one unless asked to."""
     run_dir = Path(run_dir)
     holds_run = run_dir.exists() and any(
-        (run_dir / n).exists() for n in ("recipe.yaml", "final", LATEST, "metrics.jsonl")
+        (run_dir / n).exists() for n in ("final", LATEST, "metrics.jsonl")
     ) or bool(list(run_dir.glob("step-*")))
     if holds_run and not resuming:
         if not overwrite:
