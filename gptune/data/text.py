@@ -252,7 +252,9 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, no special tokens. The one place tokenization runs (tests count it)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # the Rust tokenizer directly: no max-length warnings, batch-parallel
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        # encode_batch_fast skips character offsets (unused here): about 15% faster, same ids.
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
