@@ -135,6 +135,11 @@ def test_second_call_loads_the_cache_without_tokenizing(tok, tmp_path, monkeypat
     np.testing.assert_array_equal(one.train.blocks, two.train.blocks)
     np.testing.assert_array_equal(one.val.blocks, two.val.blocks)
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []  # no temp left
+    # A damaged entry is rebuilt and replaced, not trusted.
+    (entry,) = [p for p in (tmp_path / "cache").iterdir()]
+    (entry / "stats.json").write_text("{")
+    assert not build(tmp_path / "a.txt", tok, 16, tmp_path, val_fraction=0.05).stats.cached
+    assert build(tmp_path / "a.txt", tok, 16, tmp_path, val_fraction=0.05).stats.cached
     # Any input that changes the ids is a new entry: another block size, or an edited file.
     assert not build(tmp_path / "a.txt", tok, 8, tmp_path, val_fraction=0.05).stats.cached
     (tmp_path / "a.txt").write_text(make_text(201))

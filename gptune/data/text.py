@@ -468,7 +468,12 @@ def build_lm_data(
                 key=key,
                 progress=progress,
             )
-            _save_cache(folder, train, val, stats)
+            if folder.exists():  # an unreadable entry (edited by hand, older numpy): replace it
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                _save_cache(folder, train, val, stats)
+            except OSError as e:  # a read-only or full disk costs the cache, not the run
+                logger.warning("could not write the packed-data cache %s: %s", folder, e)
             logger.info(
                 "packed %d train / %d val blocks -> cache %s", stats.blocks_train, stats.blocks_val, folder
             )
