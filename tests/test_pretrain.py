@@ -141,3 +141,14 @@ def test_help_lists_commands_without_importing_torch():
     loaded = subprocess.run([sys.executable, "-c", "import sys, gptune.cli; print(' '.join(sys.modules))"],
                             capture_output=True, text=True).stdout.split()
     assert "torch" not in loaded and "transformers" not in loaded
+
+
+def test_missing_books_offline_says_how_to_point_at_local_text(books, capsys, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True, raising=False)
+    code = run_cli("pretrain", "r.yaml", "--set", "data.path=data/books", "--set", "data.download_books=true")
+    err = capsys.readouterr().err
+    assert code == 2 and "--set data.path=DIR" in err and "data/books" in err
+    assert not (books / "data" / "books").exists()  # no partial folder left behind

@@ -60,6 +60,17 @@ def open_run(recipe: Recipe, *, resume: str | None, overwrite: bool, command: st
     return accelerator, run_dir, ckpt
 
 
+def ensure_corpus(recipe: Recipe, accelerator) -> None:
+    """``data.download_books``: fill a missing ``data.path`` from the hub (main process only)."""
+    if recipe.data.download_books and not Path(recipe.data.path).exists():
+        from gptune.data.text import ensure_books
+
+        with accelerator.main_process_first():
+            if accelerator.is_main_process:
+                say(f"data.path {recipe.data.path} is missing: downloading public-domain books from the hub")
+                ensure_books(Path(recipe.data.path))
+
+
 def load_tokenizer_for(recipe: Recipe, run_dir: Path):
     from gptune.data.text import discover_files
     from gptune.tokenization import load_tokenizer
@@ -156,6 +167,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     set_threads()
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
+    ensure_corpus(recipe, accelerator)
     tokenizer = load_tokenizer_for(recipe, run_dir)
     data = load_lm_data(recipe, tokenizer, accelerator)
     lm = build_causal_lm(recipe.model, tokenizer)
