@@ -97,7 +97,10 @@ def build_loaders(recipe: Recipe, data):
         raise GptuneError(f"data.path: the corpus gives {len(data.train)} training blocks of "
                           f"{recipe.data.block_size} tokens, fewer than train.micro_batch_size={micro}")
     train_loader = torch.utils.data.DataLoader(
-        data.train, batch_size=micro, sampler=EpochSampler(len(data.train), recipe.seed), drop_last=True
+        data.train, batch_size=micro, sampler=EpochSampler(len(data.train), recipe.seed), drop_last=True,
+        # each new iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
+        # so a run resumed mid-epoch sees the same dropout masks as an uninterrupted one
+        generator=torch.Generator().manual_seed(recipe.seed),
     )
     val_loader = None
     if data.val is not None and len(data.val):
