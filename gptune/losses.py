@@ -75,6 +75,25 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     return loss, n
 
 
+@torch.no_grad()
+def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+              *, chunk: int | None = None) -> torch.Tensor:
+    """Per-row negative log-likelihood (0 on IGNORE_INDEX rows), in row chunks, without gradients.
+
+    hidden (N, C), weight (V, C), targets (N,) -> (N,) float32 (float64 for float64 inputs).
+    """
+    chunk = chunk or _chunk_rows(weight.shape[0])
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    out = torch.zeros(hidden.shape[0], dtype=acc, device=hidden.device)
+    for s in range(0, hidden.shape[0], chunk):
+        h, t = hidden[s : s + chunk], targets[s : s + chunk]
+        valid = t != IGNORE_INDEX
+        logits = (h @ weight.t()).to(acc)  # (n, V)
+        picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
+        out[s : s + chunk] = (torch.logsumexp(logits, dim=-1) - picked) * valid
+    return out
+
+
 def shift_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                   labels: torch.Tensor | None = None) -> torch.Tensor:
     """Targets for next-token prediction: position n predicts token n+1; the last position and

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
-from conftest import make_text
 from safetensors.torch import load_file
 
+from conftest import make_text
 from gptune.cli import main
 
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_text
 from safetensors.torch import load_file
 
+from conftest import make_text
 from gptune.cli import main
 
 RECIPE = (

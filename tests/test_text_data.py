@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_text
 
 import gptune.data.text as text_mod
+from conftest import make_text
 from gptune.data.text import build_lm_data, discover_files, ensure_books, split_exact
 from gptune.errors import GptuneError
 

@@ -6,9 +6,9 @@ import json
 import logging
 
 import pytest
-from conftest import make_text
 
 import gptune.tokenization as tokenization
+from conftest import make_text
 from gptune.errors import GptuneError
 from gptune.tokenization import EOS, load_tokenizer, tokenizer_fingerprint
 

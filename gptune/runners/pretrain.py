@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -115,19 +116,29 @@ def lm_step(model, batch) -> StepOutput:
 
 @torch.no_grad()
 def evaluate_lm(accelerator, model, loader, max_batches: int | None) -> dict:
-    """Token-weighted validation loss and perplexity, summed exactly over processes."""
+    """Token-weighted validation loss and perplexity over processes; ``gather_for_metrics`` drops the
+    samples Accelerate repeats to even out the last batch, so every block counts exactly once."""
+    from gptune.losses import shift_targets, token_nll
+    from gptune.modeling.gpt import body_and_head
+
     model.eval()
+    body, head = body_and_head(accelerator.unwrap_model(model).lm)
     nll = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        loss, n = model(batch["input_ids"], batch.get("attention_mask"))
-        nll += loss.double() * n
-        count += n
-    nll, count = accelerator.reduce(nll, "sum"), accelerator.reduce(count, "sum")
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
+        targets = shift_targets(ids, mask)  # (B, T)
+        per_tok = token_nll(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1))
+        seq_nll = per_tok.view(ids.shape).sum(1).double()  # (B,)
+        seq_n = (targets != -100).sum(1).double()  # (B,)
+        seq_nll, seq_n = accelerator.gather_for_metrics((seq_nll, seq_n))
+        nll += seq_nll.sum()
+        count += seq_n.sum()
     mean = float(nll / count.clamp(min=1))
-    return {"val_loss": mean, "val_ppl": float(torch.exp(torch.tensor(mean))), "val_tokens": int(count)}
+    return {"val_loss": mean, "val_ppl": math.exp(mean), "val_tokens": int(count)}
 
 
 def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, metrics: dict) -> Path:
@@ -171,7 +182,8 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
     ensure_corpus(recipe, accelerator)
-    tokenizer = load_tokenizer_for(recipe, run_dir)
+    with accelerator.main_process_first():  # the main process trains/saves the tokenizer, the others reuse it
+        tokenizer = load_tokenizer_for(recipe, run_dir)
     data = load_lm_data(recipe, tokenizer, accelerator)
     lm = build_causal_lm(recipe.model, tokenizer)
     if recipe.data.block_size > context_length(lm.config):

@@ -81,7 +81,9 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     from accelerate import Accelerator, PartialState
     from accelerate.utils import ProjectConfiguration
 
-    world = PartialState().num_processes
+    # Without accelerators, processes started by torchrun talk over gloo only when told cpu=True.
+    cpu = not torch.cuda.is_available()
+    world = PartialState(cpu=cpu).num_processes
     per_step = cfg.micro_batch_size * world
     if cfg.global_batch_size % per_step:
         raise GptuneError(
@@ -96,6 +98,7 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
         kwargs = dict(log_with=cfg.tracker, project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                                 logging_dir=str(run_dir / "logs")))
     acc = Accelerator(
+        cpu=cpu,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=accum,
         # our schedule counts optimizer steps; Accelerate would step it once per process otherwise
