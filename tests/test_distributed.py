@@ -88,3 +88,19 @@ def test_a_two_process_run_resumes_exactly(project):
 def test_bad_process_count_is_one_line(project, capsys):
     assert run_cli("pretrain", "r.yaml", "--num-processes", "0") == 2
     assert "--num-processes must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_shipped_accelerate_configs_parse():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = Path(__file__).parents[1] / "recipes" / "accelerate"
+    kinds = {p.name: str(load_config_from_file(str(p)).distributed_type) for p in folder.glob("*.yaml")}
+    assert kinds == {
+        "cpu2.yaml": "DistributedType.MULTI_GPU", "ddp.yaml": "DistributedType.MULTI_GPU",
+        "fsdp.yaml": "DistributedType.FSDP", "deepspeed_zero2.yaml": "DistributedType.DEEPSPEED",
+        "deepspeed_zero3.yaml": "DistributedType.DEEPSPEED",
+    }
+    for p in folder.glob("*.yaml"):
+        assert p.read_text().startswith("#")  # says how to use it
