@@ -109,6 +109,18 @@ def generate(
         typer.echo(text)
 
 
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to overlay (each with metrics.jsonl).")],
+    out: Annotated[Path | None, typer.Option(help="PNG to write (default: FIRST_RUN/curves.png).")] = None,
+    x: Annotated[str, typer.Option(help="x axis: step or tokens.")] = "step",
+) -> None:
+    """Plot loss, LM/task loss, learning rate and validation metrics of one or more runs."""
+    from gptune.plot import plot_runs
+
+    typer.echo(str(plot_runs(runs, out, x=x)))
+
+
 @recipes_app.command("validate")
 def recipes_validate(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML to check.")],

@@ -48,7 +48,8 @@ def events(run, kind):
 def test_pretrain_learns_and_writes_a_complete_run_folder(books):
     assert run_cli("pretrain", "r.yaml") == 0
     run = books / "runs" / "tiny"
-    assert {p.name for p in run.iterdir()} >= {"recipe.yaml", "metrics.jsonl", "final", "tokenizer", "latest"}
+    assert {p.name for p in run.iterdir()} >= {"recipe.yaml", "metrics.jsonl", "final", "tokenizer", "latest",
+                                               "curves.png"}
     assert sorted(p.name for p in run.glob("step-*")) == ["step-000008", "step-000016", "step-000024"]
     assert (run / "latest").read_text().strip() == "step-000024"
     train = events(run, "train")

@@ -236,6 +236,10 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         metrics.write("eval", step=state.step, final=True, **final_metrics)
     final = save_final(accelerator, model, tokenizer, run_dir, recipe_yaml, {"step": state.step, **final_metrics})
     metrics.close()
+    if accelerator.is_main_process:
+        from gptune.plot import write_curves
+
+        write_curves(run_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
