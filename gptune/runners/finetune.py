@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from gptune.config import Recipe, TaskConfig
-from gptune.console import MetricsWriter, say, summary_table, warn
+from gptune.console import MetricsWriter, console, is_main_process, say, summary_table, warn
 from gptune.errors import GptuneError
 from gptune.runners.pretrain import RunSummary, open_run, recipe_header
 from gptune.tasks import TaskSpec, custom_task, get_task
@@ -156,8 +156,10 @@ def build_task_loaders(recipe: Recipe, data: TaskData, collate):
         if len(data.train) < micro:
             raise GptuneError(f"task train split: {len(data.train)} rows, fewer than train.micro_batch_size={micro}")
         sampler = LengthGroupedSampler(data.train["length"], micro, recipe.seed)
+        # its own generator: creating the epoch's iterator then draws no number from the global RNG, so
+        # dropout after a mid-epoch resume matches the uninterrupted run
         train_loader = torch.utils.data.DataLoader(data.train, batch_size=micro, sampler=sampler, drop_last=True,
-                                                   collate_fn=collate)
+                                                   collate_fn=collate, generator=torch.Generator().manual_seed(0))
     evals = {}
     for name, ds in data.evals.items():
         # visit rows longest first: the least padding; predictions are put back in row order
@@ -190,8 +192,9 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     spec = recipe.model.name_or_path
     check_model_folder(spec)
     mode = "lora" if recipe.lora.enabled else "full"
-    say(f"finetune {task.name} ({mode}): model {spec} | data {_data_where(task, recipe.task.data_dir)} | "
-        f"out {recipe.run_dir}")
+    if is_main_process():  # one unwrapped line: what runs, on what, where
+        console.print(f"finetune {task.name} ({mode}): model {spec} | data {_data_where(task, recipe.task.data_dir)}"
+                      f" | out {recipe.run_dir}", soft_wrap=True)
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe.model.tokenizer or spec)
