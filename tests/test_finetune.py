@@ -7,6 +7,7 @@ import json
 import random
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -405,3 +406,24 @@ def test_custom_task_from_recipe(workdir, tiny_model_dir):
     with pytest.raises(GptuneError, match="task.train_file: must be set"):
         build_task_spec(build_recipe({"model": {"name_or_path": "m"}, "train": {"max_steps": 1},
                                       "task": {"kind": "classification", "text_fields": ["q"]}}).task)
+
+
+def test_default_model_is_newest_pretrain_run_else_hub_and_offline_says_pass_model(workdir, capsys, monkeypatch):
+    import os
+
+    import gptune.runners.finetune as ft
+
+    assert ft.default_model() == ft.HUB_MODEL
+    for i, (name, task) in enumerate((("books", None), ("later-ft", "rte"), ("other", None))):
+        final = workdir / "runs" / name / "final"
+        final.mkdir(parents=True)
+        (final / "config.json").write_text("{}")
+        (final / "recipe.yaml").write_text(f"task: {{name: {task or 'null'}}}\n")
+        os.utime(final, (1000 + i, 1000 + i))
+    assert ft.default_model() == str(Path("runs/other/final"))  # newest; a fine-tuned run is skipped
+    import shutil
+
+    shutil.rmtree(workdir / "runs")
+    monkeypatch.setattr(ft, "hub_reachable", lambda timeout=3.0: False)
+    code, out = _cli(capsys, "finetune", "--task", "rte", "--data-dir", str(workdir))
+    assert code == 2 and "pass --model DIR" in out.err and len(out.err.strip().splitlines()) == 1

@@ -50,6 +50,53 @@ def default_model() -> str:
     return str(run) if run is not None else HUB_MODEL
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick look (DNS + TCP connect) before asking the hub, whose client retries for ~50 s offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_cached(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id is simply not cached
+        return False
+
+
+def check_sources(recipe: Recipe, task: TaskSpec, *, auto_model: bool) -> None:
+    """Fail in one line, before any download attempt, when a hub source is needed but unreachable."""
+    from gptune.data.glue import find_glue_dir
+    from gptune.modeling.gpt import is_local
+
+    spec = recipe.model.name_or_path
+    need_model = not is_local(spec) and not _hub_cached(spec)
+    need_data = bool(task.glue_dir) and find_glue_dir(recipe.task.data_dir) is None
+    if not (need_model or need_data) or hub_reachable():
+        return
+    problems = []
+    if need_model and auto_model:
+        problems.append(f"no model given, no runs/*/final from gptune pretrain here, and the Hugging Face hub is "
+                        f"unreachable for {spec}; pass --model DIR (a local model folder)")
+    elif need_model:
+        problems.append(f"--model {spec}: not a local folder and the Hugging Face hub is unreachable; "
+                        "pass a local model folder with --model")
+    if need_data:
+        problems.append(f"task {task.name}: no local GLUE data and the Hugging Face hub is unreachable; pass "
+                        f"--data-dir DIR (glue_data layout, e.g. DIR/{task.glue_dir}/train.tsv) or set GPTUNE_GLUE_DIR")
+    raise GptuneError(*problems)
+
+
 def run_folder(task: str, lora: bool, *, reuse: bool) -> Path:
     """runs/finetune/<task>-<lora|full>, or with a numeric suffix when it already holds a run and
     ``reuse`` (--resume / --overwrite) is off. With ``reuse``: the newest existing one."""
@@ -187,10 +234,12 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
 
     t0 = time.perf_counter()
     set_threads()
+    auto_model = recipe.model.name_or_path in (None, AUTO)
     recipe = resolve_recipe(recipe, reuse=bool(resume) or overwrite)
     task = build_task_spec(recipe.task)
     spec = recipe.model.name_or_path
     check_model_folder(spec)
+    check_sources(recipe, task, auto_model=auto_model)
     mode = "lora" if recipe.lora.enabled else "full"
     if is_main_process():  # one unwrapped line: what runs, on what, where
         console.print(f"finetune {task.name} ({mode}): model {spec} | data {_data_where(task, recipe.task.data_dir)}"
