@@ -80,7 +80,12 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     from accelerate import Accelerator, PartialState
     from accelerate.utils import ProjectConfiguration
 
-    world = PartialState().num_processes
+    import os
+
+    # Launched processes on a machine without CUDA: ask for CPU DDP (gloo) explicitly. Without cpu=True the
+    # first PartialState() of each process decides "no distribution" and every rank trains alone as rank 0.
+    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world = PartialState(cpu=cpu_ddp).num_processes
     per_step = cfg.micro_batch_size * world
     if cfg.global_batch_size % per_step:
         raise GptuneError(
