@@ -427,3 +427,39 @@ def test_default_model_is_newest_pretrain_run_else_hub_and_offline_says_pass_mod
     monkeypatch.setattr(ft, "hub_reachable", lambda timeout=3.0: False)
     code, out = _cli(capsys, "finetune", "--task", "rte", "--data-dir", str(workdir))
     assert code == 2 and "pass --model DIR" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_mnli_scores_matched_and_mismatched(workdir, tiny_model_dir, tmp_path):
+    from gptune.runners.finetune import run_finetune
+
+    d = tmp_path / "glue" / "MNLI"
+    d.mkdir(parents=True)
+    head = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t" \
+           "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
+    rng = random.Random(1)
+    for name, n in (("train", 16), ("dev_matched", 6), ("dev_mismatched", 5)):
+        rows = [f"{i}\t0\t0\tg\t-\t-\t-\t-\t{_sentence(rng, 'cat')}\t{_sentence(rng, 'dog')}\tx\t"
+                f"{rng.choice(['entailment', 'neutral', 'contradiction'])}\n" for i in range(n)]
+        (d / f"{name}.tsv").write_text(head + "".join(rows))
+    summary = run_finetune(_recipe(tiny_model_dir, str(tmp_path / "glue"), task="mnli", sets=["train.max_steps=1"]))
+    assert set(summary.metrics) == {"validation_matched/accuracy", "validation_mismatched/accuracy"}
+
+
+def test_two_processes_train_and_gather_without_duplicates(workdir, tiny_model_dir, glue_dir):
+    """accelerate launch with 2 CPU processes (gloo): one run, and dev metrics over exactly the dev rows."""
+    import os
+    import subprocess
+
+    from gptune.runners.evaluate import run_task_eval
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    cmd = [sys.executable, "-m", "gptune", "finetune", "--task", "rte", "--lora", "--model", tiny_model_dir,
+           "--data-dir", glue_dir, "--num-processes", "2", "--set", "train.max_steps=2",
+           "--set", "train.micro_batch_size=4", "--set", "train.global_batch_size=8", "--set", "task.max_length=40"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = workdir / "runs/finetune/rte-lora/final"
+    metrics = json.loads((final / "metrics.json").read_text())
+    assert metrics["step"] == 2
+    # 12 dev rows over 2 processes with batches of 8: a padded tail would change the score
+    assert run_task_eval(str(final), task="rte", data_dir=glue_dir)["validation"]["accuracy"] == metrics["accuracy"]

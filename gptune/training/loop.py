@@ -77,10 +77,10 @@ class StopFlag:
 def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     """An Accelerator whose gradient accumulation keeps ``train.global_batch_size`` whatever the
     number of processes: accumulation = global / (micro x processes)."""
+    import os
+
     from accelerate import Accelerator, PartialState
     from accelerate.utils import ProjectConfiguration
-
-    import os
 
     # Launched processes on a machine without CUDA: ask for CPU DDP (gloo) explicitly. Without cpu=True the
     # first PartialState() of each process decides "no distribution" and every rank trains alone as rank 0.
