@@ -233,6 +233,14 @@ def recipes_show(
     typer.echo(load_recipe(recipe, None, set_).to_yaml(), nl=False)
 
 
+@recipes_app.command("docs")
+def recipes_docs() -> None:
+    """Print the Markdown reference of every recipe key (the source of docs/recipes.md)."""
+    from gptune.config import recipe_reference
+
+    typer.echo(recipe_reference())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one red line and exit code 2 for a user error (--debug shows the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptune.config import Recipe, build_recipe, field_docs, iter_fields, load_recipe, parse_override, recipe_diff
+from gptune.config import (
+    Recipe,
+    build_recipe,
+    field_docs,
+    iter_fields,
+    load_recipe,
+    parse_override,
+    recipe_diff,
+)
 from gptune.errors import GptuneError
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
@@ -102,3 +110,10 @@ def test_every_field_is_documented():
     undocumented = [key for key, _, _, doc in iter_fields() if not doc]
     assert undocumented == []
     assert "Peak learning rate" in field_docs(type(Recipe().train))["lr"]
+
+
+def test_docs_recipe_reference_is_up_to_date():
+    from gptune.config import recipe_reference
+
+    doc = Path(__file__).parents[1] / "docs" / "recipes.md"
+    assert doc.read_text() == recipe_reference() + "\n", "run: gptune recipes docs > docs/recipes.md"

@@ -60,6 +60,17 @@ def open_run(recipe: Recipe, *, resume: str | None, overwrite: bool, command: st
     return accelerator, run_dir, ckpt
 
 
+def ensure_corpus(recipe: Recipe, accelerator) -> None:
+    """``data.download_books``: fill a missing ``data.path`` from the hub (main process only)."""
+    if recipe.data.download_books and not Path(recipe.data.path).exists():
+        from gptune.data.text import ensure_books
+
+        with accelerator.main_process_first():
+            if accelerator.is_main_process:
+                say(f"data.path {recipe.data.path} is missing: downloading public-domain books from the hub")
+                ensure_books(Path(recipe.data.path))
+
+
 def load_tokenizer_for(recipe: Recipe, run_dir: Path):
     from gptune.data.text import discover_files
     from gptune.tokenization import load_tokenizer
@@ -76,7 +87,8 @@ def load_lm_data(recipe: Recipe, tokenizer, accelerator):
     d = recipe.data
     return build_lm_data(d.path, tokenizer, d.block_size, text_column=d.text_column, val_path=d.val_path,
                          val_fraction=d.val_fraction, num_proc=d.num_proc, max_tokens=d.max_tokens,
-                         seed=recipe.seed, cache_dir=d.cache_dir, first=accelerator.main_process_first)
+                         seed=recipe.seed, cache_dir=d.cache_dir,
+                         fallback_encoding=d.fallback_encoding, first=accelerator.main_process_first)
 
 
 def build_loaders(recipe: Recipe, data):
@@ -85,7 +97,10 @@ def build_loaders(recipe: Recipe, data):
         raise GptuneError(f"data.path: the corpus gives {len(data.train)} training blocks of "
                           f"{recipe.data.block_size} tokens, fewer than train.micro_batch_size={micro}")
     train_loader = torch.utils.data.DataLoader(
-        data.train, batch_size=micro, sampler=EpochSampler(len(data.train), recipe.seed), drop_last=True
+        data.train, batch_size=micro, sampler=EpochSampler(len(data.train), recipe.seed), drop_last=True,
+        # each new iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
+        # so a run resumed mid-epoch sees the same dropout masks as an uninterrupted one
+        generator=torch.Generator().manual_seed(recipe.seed),
     )
     val_loader = None
     if data.val is not None and len(data.val):
@@ -136,6 +151,14 @@ def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, m
     return final
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop logged events past the checkpoint: they are about to be produced again."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        write_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
 def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
                  command: str = "gptune pretrain") -> RunSummary:
     from accelerate.utils import set_seed
@@ -147,6 +170,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     set_threads()
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
+    ensure_corpus(recipe, accelerator)
     tokenizer = load_tokenizer_for(recipe, run_dir)
     data = load_lm_data(recipe, tokenizer, accelerator)
     lm = build_causal_lm(recipe.model, tokenizer)
@@ -157,7 +181,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     if recipe.train.compile:
         model = torch.compile(model)
     say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} "
-        f"{count_parameters(lm) / 1e6:.1f}M params | data {recipe.data.path}: {data.stats.tokens:,} tokens, "
+        f"{count_parameters(lm) / 1e6:.2f}M params | data {recipe.data.path}: {data.stats.tokens:,} tokens, "
         f"{len(data.train)} train / {len(data.val) if data.val is not None else 0} val blocks"
         f"{' (cached)' if data.stats.cached else ''} | out {run_dir}")
     if data.stats.dropped_tokens:
@@ -176,6 +200,8 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         state = checkpointer.load(ckpt)
         state.total_steps = total
         say(f"  resumed from {ckpt} at step {state.step} of {total}")
+        if accelerator.is_main_process:
+            truncate_metrics(run_dir / "metrics.jsonl", state.step)
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
 
     def evaluate_fn(st: TrainState) -> dict:

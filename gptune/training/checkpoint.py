@@ -116,7 +116,7 @@ def prepare_run_dir(run_dir: Path, *, resuming: bool, overwrite: bool) -> None:
     """Refuse to write a new run over an old one unless asked to."""
     run_dir = Path(run_dir)
     holds_run = run_dir.exists() and any(
-        (run_dir / n).exists() for n in ("recipe.yaml", "final", LATEST, "metrics.jsonl")
+        (run_dir / n).exists() for n in ("final", LATEST, "metrics.jsonl")
     ) or bool(list(run_dir.glob("step-*")))
     if holds_run and not resuming:
         if not overwrite:
@@ -162,7 +162,7 @@ class Checkpointer:
             if acc.is_main_process:
                 (tmp / "recipe.yaml").write_text(self.recipe_yaml, encoding="utf-8")
                 (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
-                _pause_for_tests("after_state")
+                _pause_for_tests("after_state", state.step)
                 fsync_tree(tmp)
                 if final.exists():
                     shutil.rmtree(final)
@@ -187,18 +187,31 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
 
     def load(self, ckpt: Path) -> TrainState:
-        self.accelerator.load_state(str(ckpt))
-        data = json.loads((ckpt / STATE_FILE).read_text())
-        return TrainState(**data)
+        """Restore everything from ``ckpt``. Weights come from safetensors and the optimizer/RNG pickles
+        are read with ``weights_only=True``: a checkpoint can hold data, never code that runs."""
+        try:
+            self.accelerator.load_state(str(ckpt))
+            data = json.loads((ckpt / STATE_FILE).read_text())
+            return TrainState(**data)
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise GptuneError(f"--resume {ckpt}: cannot load this checkpoint safely ({type(e).__name__}: "
+                              f"{first[:200]}); resume from an earlier step-*/ folder") from None
+        except Exception as e:  # pickle.UnpicklingError and friends from a tampered file
+            if "pickl" in type(e).__name__.lower() or "weights_only" in str(e):
+                raise GptuneError(f"--resume {ckpt}: refused to unpickle a file that is not plain data "
+                                  f"({type(e).__name__}); the checkpoint may have been tampered with") from None
+            raise
 
 
-def _pause_for_tests(point: str) -> None:
-    """Let a test kill the process at a chosen point of a checkpoint write (GPTUNE_TEST_PAUSE=point:seconds)."""
+def _pause_for_tests(point: str, step: int) -> None:
+    """Let a test kill the process inside a checkpoint write: GPTUNE_TEST_PAUSE=point@step:seconds
+    sleeps there (after writing GPTUNE_TEST_PAUSE_MARKER, if set). Unset in normal use."""
     spec = os.environ.get("GPTUNE_TEST_PAUSE", "")
-    if spec.startswith(point + ":"):
+    if spec.startswith(f"{point}@{step}:"):
         import time
 
         marker = os.environ.get("GPTUNE_TEST_PAUSE_MARKER")
         if marker:
             Path(marker).write_text("paused")
-        time.sleep(float(spec.split(":", 1)[1]))
+        time.sleep(float(spec.rsplit(":", 1)[1]))

@@ -7,6 +7,7 @@ logging, periodic evaluation and checkpoints, interruption and non-finite losses
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import time
@@ -93,6 +94,8 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
             f"({cfg.micro_batch_size}) x processes ({world}); change one of them"
         )
     accum = cfg.global_batch_size // per_step
+    # GPT LM heads share their weight with the token embedding; Accelerate warns on every save.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     kwargs = {}
     if cfg.tracker != "none" and run_dir is not None:
         kwargs = dict(log_with=cfg.tracker, project_config=ProjectConfiguration(project_dir=str(run_dir),
