@@ -78,15 +78,12 @@ class StopFlag:
 def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     """An Accelerator whose gradient accumulation keeps ``train.global_batch_size`` whatever the
     number of processes: accumulation = global / (micro x processes)."""
-    import os
-
     from accelerate import Accelerator, PartialState
     from accelerate.utils import ProjectConfiguration
 
-    # Launched processes on a machine without CUDA: ask for CPU DDP (gloo) explicitly. Without cpu=True the
-    # first PartialState() of each process decides "no distribution" and every rank trains alone as rank 0.
-    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    world = PartialState(cpu=cpu_ddp).num_processes
+    # Without accelerators, processes started by torchrun talk over gloo only when told cpu=True.
+    cpu = not torch.cuda.is_available()
+    world = PartialState(cpu=cpu).num_processes
     per_step = cfg.micro_batch_size * world
     if cfg.global_batch_size % per_step:
         raise GptuneError(
@@ -101,6 +98,7 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
         kwargs = dict(log_with=cfg.tracker, project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                                 logging_dir=str(run_dir / "logs")))
     acc = Accelerator(
+        cpu=cpu,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=accum,
         # our schedule counts optimizer steps; Accelerate would step it once per process otherwise
