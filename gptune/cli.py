@@ -121,6 +121,107 @@ def plot(
     typer.echo(str(plot_runs(runs, out, x=x)))
 
 
+TaskOpt = Annotated[str | None, typer.Option("--task", help="GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli) "
+                                                                 "or a custom task's name.")]
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="GLUE data in the glue_data layout (DIR/SST-2/"
+                                                                   "train.tsv); else $GPTUNE_GLUE_DIR, ./glue_data, the hub.")]
+
+
+@app.command()
+def finetune(
+    task: TaskOpt = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="Train LoRA adapters (+ head, new token rows) "
+                                                                    "or every weight. Default: the recipe's lora.enabled.")] = None,
+    model: Annotated[str | None, typer.Option(help="Pretrained model folder or hub id (default: newest runs/*/final "
+                                                   "from gptune pretrain, else openai-community/openai-gpt).")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe YAML (default: the shipped recipes/finetune.yaml).")] = None,
+    data_dir: DataDirOpt = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = None,
+    out_dir: Annotated[str | None, typer.Option("--out-dir", help="Run folder (default runs/finetune/<task>-<lora|full>).")] = None,
+    overwrite: OverwriteOpt = False,
+    merge: Annotated[bool, typer.Option("--merge", help="Also write final/merged: the LoRA folded into a full model.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed (head init, data order, dropout).")] = None,
+    num_processes: ProcsOpt = None,
+) -> None:
+    """Fine-tune a GPT on a task with GPT-1's input transformations and auxiliary LM loss (full or LoRA)."""
+    _relaunch(num_processes)
+    from gptune.config import build_recipe, read_recipe_file
+    from gptune.runners.finetune import DEFAULT_RECIPE, run_finetune
+
+    raw = read_recipe_file(recipe or DEFAULT_RECIPE)
+    sets = list(set_ or [])
+    # an lr the user typed wins over the mode's default lr (lora.lr replaces train.lr under LoRA)
+    if any(s.split("=", 1)[0].strip() == "train.lr" for s in sets) and not any(
+            s.split("=", 1)[0].strip() == "lora.lr" for s in sets):
+        sets.append("lora.lr=null")
+    flags = {"task.name": task, "lora.enabled": lora, "model.name_or_path": model, "task.data_dir": data_dir,
+             "out_dir": out_dir, "seed": seed, "lora.merge": True if merge else None}
+    r = build_recipe(raw, flags, sets, source=str(recipe or DEFAULT_RECIPE))
+    run_finetune(r, resume=resume, overwrite=overwrite, command=_command_line())
+
+
+@app.command("eval")
+def eval_(
+    task: TaskOpt = None,
+    glue: Annotated[bool, typer.Option("--glue", help="Fine-tune + evaluate every GLUE task with local data; one table.")] = False,
+    model: Annotated[str | None, typer.Option(help="Task model folder (RUN/final) for --task; a pretrained model "
+                                                   "for --glue / --ppl (default: newest runs/*/final, else the hub).")] = None,
+    data_dir: DataDirOpt = None,
+    split: Annotated[str | None, typer.Option(help="Split to score (default: the task's dev split(s)).")] = None,
+    lora: Annotated[bool, typer.Option("--lora/--full", help="--glue: how each task is fine-tuned.")] = True,
+    set_: SetOpt = None,
+    ppl: Annotated[bool, typer.Option("--ppl", help="Perplexity of a causal LM on text (sliding window).")] = False,
+    data: Annotated[str | None, typer.Option(help="--ppl: text file, folder or hub dataset id.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="--ppl: window length (default: the model's context).")] = None,
+    stride: Annotated[int | None, typer.Option(help="--ppl: window stride.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="--ppl: windows per forward pass.")] = None,
+    json_path: Annotated[str | None, typer.Option("--json", help="--ppl: also write the result to this JSON file.")] = None,
+) -> None:
+    """Evaluate: a task model on its dev split(s) (--task), all GLUE tasks (--glue), or perplexity (--ppl)."""
+    chosen = [n for n, on in (("--ppl", ppl), ("--glue", glue), ("--task", task is not None)) if on]
+    if ppl and glue or (glue and task is not None):
+        raise GptuneError(f"eval: choose one of --task, --glue, --ppl (got {' and '.join(chosen)})")
+    if ppl:
+        from gptune.runners.perplexity import run_ppl_eval
+
+        run_ppl_eval(model=model, data=data, max_length=max_length, stride=stride, batch_size=batch_size,
+                     json_path=json_path)
+        return
+    if glue:
+        from gptune.runners.evaluate import run_glue_eval
+
+        run_glue_eval(_model_or_default(model), data_dir=data_dir, lora=lora, sets=set_)
+        return
+    if model is None:
+        raise GptuneError("eval --task: pass --model RUN/final (a folder written by gptune finetune)")
+    from gptune.runners.evaluate import run_task_eval
+
+    run_task_eval(model, task=task, data_dir=data_dir, split=split)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="Task model folder written by gptune finetune (RUN/final).")],
+    task: TaskOpt = None,
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="Split to label (test, validation, ...).")] = "test",
+    out: Annotated[str | None, typer.Option(help="Output TSV (default MODEL/predictions-<task>-<split>.tsv).")] = None,
+) -> None:
+    """Label a split with a task model: a GLUE-submission TSV (index, prediction)."""
+    from gptune.runners.evaluate import run_predict
+
+    run_predict(model, task=task, data_dir=data_dir, split=split, out=out)
+
+
+def _model_or_default(model: str | None) -> str:
+    if model is not None:
+        return model
+    from gptune.runners.finetune import default_model
+
+    return default_model()
+
+
 @recipes_app.command("validate")
 def recipes_validate(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML to check.")],

@@ -226,6 +226,9 @@ class LoraConfig:
     """Modules that get adapters (GPT-2 and GPT-1 names; both use Conv1D, so fan_in_fan_out is set)."""
     merge: bool = False
     """Also write a merged full model to ``final/merged``."""
+    lr: float | None = None
+    """Peak learning rate when LoRA is on (replaces ``train.lr``; absent: ``train.lr``). Adapters
+    start at zero and need a larger rate than full fine-tuning."""
 
     def _checks(self):
         if self.r <= 0:
@@ -234,6 +237,8 @@ class LoraConfig:
             yield "alpha", f"must be > 0, got {self.alpha}"
         if not 0 <= self.dropout < 1:
             yield "dropout", f"must be in [0, 1), got {self.dropout}"
+        if self.lr is not None and self.lr <= 0:
+            yield "lr", f"must be > 0, got {self.lr}"
         if not self.target_modules:
             yield "target_modules", "must name at least one module"
 

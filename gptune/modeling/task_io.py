@@ -1,0 +1,181 @@
+"""Build, save and reload task models. A ``final/`` folder rebuilds everything from itself alone:
+
+    task.json                      TaskSpec + input style + max_length + base model + special-token ids
+    tokenizer files                the tokenizer with the GPT-1 markers added
+    LoRA:  adapter_config.json + adapter_model.safetensors   (LoRA A/B, clf_head, new token rows)
+    full:  config.json + model.safetensors (the LM, resized) + clf_head.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptune.config import Recipe
+from gptune.errors import GptuneError
+from gptune.tasks import TaskSpec
+from gptune.transforms import SpecialIds
+
+TASK_FILE = "task.json"
+HEAD_FILE = "clf_head.safetensors"
+FORMAT = 1
+
+
+@dataclass
+class TaskModelInfo:
+    """What ``task.json`` holds besides the task spec."""
+
+    task: TaskSpec
+    input_style: str
+    max_length: int
+    base_model: str
+    lora: bool
+    special_ids: SpecialIds | None
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "task": self.task.to_dict(), "input_style": self.input_style,
+                "max_length": self.max_length, "base_model": self.base_model, "lora": self.lora,
+                "special_ids": None if self.special_ids is None else vars(self.special_ids)}
+
+    @classmethod
+    def read(cls, folder: Path) -> TaskModelInfo:
+        path = Path(folder) / TASK_FILE
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            ids = d.get("special_ids")
+            return cls(TaskSpec.from_dict(d["task"]), d["input_style"], int(d["max_length"]), d["base_model"],
+                       bool(d["lora"]), None if ids is None else SpecialIds(**ids))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise GptuneError(f"{path}: not a valid task.json ({type(e).__name__}: {e})") from None
+
+
+def is_task_model(folder: str | Path) -> bool:
+    return (Path(folder) / TASK_FILE).is_file()
+
+
+def check_model_folder(spec: str, flag: str = "--model") -> None:
+    """A local folder must hold a model (config.json) or an adapter (adapter_config.json)."""
+    from gptune.modeling.gpt import is_local
+
+    p = Path(spec).expanduser()
+    if not is_local(spec):
+        return
+    if not p.is_dir():
+        raise GptuneError(f"{flag} {spec}: no such folder")
+    if not any((p / f).is_file() for f in ("config.json", "adapter_config.json")):
+        raise GptuneError(f"{flag} {spec}: not a model folder (no config.json or adapter_config.json); "
+                          "pass a folder written by gptune, e.g. runs/<name>/final")
+
+
+def load_tokenizer(spec: str, flag: str = "--model"):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GptuneError(f"{flag} {spec}: cannot load its tokenizer ({first}); save the tokenizer next to the "
+                          "model or set model.tokenizer") from None
+
+
+def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = False, dropout: float | None = None):
+    """The base LM with embeddings grown for the GPT-1 markers, new rows initialised deterministically."""
+    from transformers.utils import logging as hf_logging
+
+    from gptune.modeling.gpt import fit_tokenizer, load_pretrained_lm, set_dropout
+    from gptune.modeling.heads import init_new_rows
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise in a CLI
+
+    lm = load_pretrained_lm(spec, trust_remote_code=trust_remote_code, field=flag)
+    if dropout is not None:
+        set_dropout(lm, dropout)
+    n_old = lm.get_input_embeddings().weight.shape[0]
+    fit_tokenizer(lm, tokenizer, source=spec)
+    init_new_rows(lm, n_old)
+    return lm
+
+
+def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, ids: SpecialIds | None):
+    """Base LM + task head (+ LoRA) for training, from the recipe."""
+    from gptune.modeling.heads import GPT1TaskModel
+    from gptune.modeling.lora import apply_lora
+
+    lm = prepare_base(recipe.model.name_or_path, tokenizer, flag="--model",
+                      trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout)
+    if recipe.model.gradient_checkpointing:
+        lm.gradient_checkpointing_enable()
+    model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout)
+    if recipe.lora.enabled:
+        new_ids = [] if ids is None else [ids.start, ids.delim, ids.end]
+        model = apply_lora(model, recipe.lora, new_ids)
+    return model
+
+
+def base_reference(spec: str) -> str:
+    """How task.json refers to the base model: an absolute path for a local folder, else the hub id."""
+    from gptune.modeling.gpt import is_local
+
+    return str(Path(spec).expanduser().resolve()) if is_local(spec) else spec
+
+
+def save_task_model(model, state_dict: dict | None, tokenizer, info: TaskModelInfo, out: Path) -> None:
+    """Write a ``final/``-style folder (main process only). ``model``: the unwrapped GPT1TaskModel or
+    PeftModel; ``state_dict``: the full state dict (from ``accelerator.get_state_dict``) or None."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    if info.lora:
+        model.peft_config["default"].base_model_name_or_path = info.base_model
+        model.save_pretrained(str(out))
+    else:
+        sd = state_dict if state_dict is not None else model.state_dict()
+        lm_sd = {k.removeprefix("lm."): v for k, v in sd.items() if k.startswith("lm.")}
+        model.lm.save_pretrained(str(out), state_dict=lm_sd, safe_serialization=True)
+        head = {k.removeprefix("clf_head."): v.detach().contiguous().cpu() for k, v in sd.items()
+                if k.startswith("clf_head.")}
+        save_file(head, str(out / HEAD_FILE))
+    tokenizer.save_pretrained(str(out))
+    (out / TASK_FILE).write_text(json.dumps(info.to_dict(), indent=2), encoding="utf-8")
+
+
+def load_task_model(folder: str | Path, *, flag: str = "--model"):
+    """(model in eval mode, tokenizer, TaskModelInfo) from a folder written by ``save_task_model``."""
+    from safetensors.torch import load_file
+
+    from gptune.modeling.heads import GPT1TaskModel
+
+    folder = Path(folder).expanduser()
+    check_model_folder(str(folder), flag)
+    if not is_task_model(folder):
+        raise GptuneError(f"{flag} {folder}: a language model, not a task model (no {TASK_FILE}); "
+                          "fine-tune it first: gptune finetune --task T --model " + str(folder))
+    info = TaskModelInfo.read(folder)
+    tokenizer = load_tokenizer(str(folder), flag)
+    if info.lora:
+        from peft import PeftModel
+
+        base = prepare_base(info.base_model, tokenizer, flag=f"{folder / TASK_FILE} base_model")
+        model = PeftModel.from_pretrained(GPT1TaskModel(base, info.task), str(folder))
+    else:
+        from gptune.modeling.gpt import load_pretrained_lm
+
+        lm = load_pretrained_lm(str(folder), field=flag)
+        model = GPT1TaskModel(lm, info.task)
+        head = folder / HEAD_FILE
+        if not head.is_file():
+            raise GptuneError(f"{flag} {folder}: missing {HEAD_FILE} (the task head weights)")
+        model.clf_head.load_state_dict(load_file(str(head)))
+    model.eval()
+    return model, tokenizer, info
+
+
+def merge_lora(peft_model, tokenizer, info: TaskModelInfo, out: Path) -> Path:
+    """Fold the adapter (and the new token rows) into the base weights; write a full task-model folder."""
+    import copy
+
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    full = TaskModelInfo(info.task, info.input_style, info.max_length, info.base_model, False, info.special_ids)
+    save_task_model(merged, None, tokenizer, full, out)
+    return out
