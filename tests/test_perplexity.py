@@ -330,3 +330,52 @@ def test_text_errors(gpt2, tokenizer):
     result = NllResult(nll_sum=1.0, tokens=1, windows=1, seconds=1.0, max_length=8, stride=4)
     with pytest.raises(GptuneError, match="empty"):
         perplexity_report(result, "")
+
+
+# ------------------------------------------------------------------------------------------- distributed
+
+_TWO_PROCESS_SCRIPT = """
+import json, sys, torch
+from accelerate import Accelerator
+from transformers import GPT2Config, GPT2LMHeadModel
+from gptune.evaluation.perplexity import sliding_window_nll
+
+accelerator = Accelerator(cpu=True)
+assert accelerator.num_processes == 2, accelerator.num_processes
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=64)).eval()
+ids = torch.randint(0, 97, (301,), generator=torch.Generator().manual_seed(0))
+model = accelerator.prepare(model)
+r = sliding_window_nll(model, ids, max_length=48, stride=16, batch_size=4, accelerator=accelerator)
+if accelerator.is_main_process:
+    json.dump({"nll_sum": r.nll_sum, "tokens": r.tokens, "windows": r.windows}, open(sys.argv[1], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_equal_one(tmp_path, request):
+    """Two real CPU processes (gloo, launched by torchrun; `accelerate launch --cpu` would start only
+    one): the same sums as one process."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if "slow" not in (request.config.getoption("-m") or ""):
+        pytest.skip("end-to-end: run with -m slow")
+    script = tmp_path / "two.py"
+    script.write_text(_TWO_PROCESS_SCRIPT)
+    out = tmp_path / "out.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    subprocess.run([*cmd, str(script), str(out)], check=True, env=env, timeout=300)
+    two = json.loads(out.read_text())
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=64)
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 97, (301,), generator=torch.Generator().manual_seed(0))
+    one = sliding_window_nll(model, ids, max_length=48, stride=16)
+    assert (two["tokens"], two["windows"]) == (one.tokens, one.windows) == (300, 17)
+    assert rel(two["nll_sum"], one.nll_sum) < 1e-9
