@@ -388,14 +388,14 @@ def _load_hub_text(spec: str) -> str:
 
 
 def encode_text(tokenizer: Any, text: str) -> torch.LongTensor:
-    """The whole text as one 1-D id tensor (no special tokens, no truncation: windows do the cutting)."""
+    """The whole text as one 1-D id tensor, tokenized as the guide does (``tokenizer(text)``, no truncation:
+    the windows do the cutting)."""
     import torch
 
     if not text:
         raise GptuneError("the evaluation text is empty")
-    # verbose=False: the "longer than the model maximum" warning does not apply, windows cut the text
-    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+    # verbose=False: the "longer than the model maximum" warning does not apply to windowed scoring
+    return torch.tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)
 
 
 # --------------------------------------------------------------------------------------------- report
