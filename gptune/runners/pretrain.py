@@ -141,6 +141,21 @@ def evaluate_lm(accelerator, model, loader, max_batches: int | None) -> dict:
     return {"val_loss": mean, "val_ppl": math.exp(mean), "val_tokens": int(count)}
 
 
+def sliding_window_val(accelerator, model, data, tokenizer, block_size: int) -> dict:
+    """The ``eval --ppl`` measure on the validation blocks (decoded, joined as documents) with windows of
+    block_size and stride block_size / 2 (``gptune eval --ppl --max-length B --stride B/2`` gives the same)."""
+    from gptune.evaluation.perplexity import encode_text, perplexity_report, sliding_window_nll
+
+    blocks = [data.val[i]["input_ids"].tolist() for i in range(len(data.val))]
+    text = "\n\n".join(tokenizer.batch_decode(blocks))
+    lm = accelerator.unwrap_model(model).lm
+    result = sliding_window_nll(lm, encode_text(tokenizer, text), max_length=block_size, stride=block_size // 2,
+                                accelerator=accelerator if accelerator.num_processes > 1 else None)
+    report = perplexity_report(result, text)
+    return {"val_ppl_sliding": report["perplexity"], "val_bits_per_byte": report["bits_per_byte"],
+            "val_sliding_stride": result.stride}
+
+
 def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, metrics: dict) -> Path:
     """``final/``: a save_pretrained model + tokenizer that AutoModelForCausalLM/AutoTokenizer load,
     with the recipe and metrics beside it. Written to a temporary folder, then renamed."""
@@ -233,6 +248,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     final_metrics = {}
     if val_loader is not None:
         final_metrics = evaluate_lm(accelerator, model, val_loader, None)
+        final_metrics.update(sliding_window_val(accelerator, model, data, tokenizer, recipe.data.block_size))
         metrics.write("eval", step=state.step, final=True, **final_metrics)
     final = save_final(accelerator, model, tokenizer, run_dir, recipe_yaml, {"step": state.step, **final_metrics})
     metrics.close()
