@@ -222,6 +222,24 @@ def task_step(model, batch) -> StepOutput:
 
 
 # ----------------------------------------------------------------------------- the run
+def fit_max_length(recipe: Recipe, spec: str) -> Recipe:
+    """A task.max_length beyond the model's context is lowered to it (and said), before anything is tokenized."""
+    import dataclasses
+
+    from transformers import AutoConfig
+
+    from gptune.modeling.gpt import context_length
+
+    try:
+        ctx = context_length(AutoConfig.from_pretrained(spec, trust_remote_code=recipe.model.trust_remote_code))
+    except (OSError, ValueError):
+        return recipe  # an adapter folder or unreachable hub id: checked again once the model is built
+    if recipe.task.max_length <= ctx:
+        return recipe
+    say(f"  task.max_length {recipe.task.max_length} lowered to the model's context ({ctx})")
+    return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=ctx))
+
+
 def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
                  command: str = "gptune finetune", merge: bool | None = None) -> RunSummary:
     from accelerate.utils import set_seed
@@ -244,6 +262,7 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     if is_main_process():  # one unwrapped line: what runs, on what, where
         console.print(f"finetune {task.name} ({mode}): model {spec} | data {_data_where(task, recipe.task.data_dir)}"
                       f" | out {recipe.run_dir}", soft_wrap=True)
+    recipe = fit_max_length(recipe, spec)
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe.model.tokenizer or spec)

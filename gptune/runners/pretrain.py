@@ -207,10 +207,11 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     model = LMWithLoss(lm)
     if recipe.train.compile:
         model = torch.compile(model)
-    say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} "
-        f"{count_parameters(lm) / 1e6:.2f}M params | data {recipe.data.path}: {data.stats.tokens:,} tokens, "
-        f"{len(data.train)} train / {len(data.val) if data.val is not None else 0} val blocks"
-        f"{' (cached)' if data.stats.cached else ''} | out {run_dir}")
+    say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} | "
+        f"data {recipe.data.path} | out {run_dir}")
+    say(f"  {count_parameters(lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} train / "
+        f"{len(data.val) if data.val is not None else 0} validation blocks of {recipe.data.block_size}"
+        f"{' (cached)' if data.stats.cached else ''}")
     if data.stats.dropped_tokens:
         say(f"  packing dropped the final partial block: {data.stats.dropped_tokens} tokens")
     train_loader, val_loader = build_loaders(recipe, data)
