@@ -59,7 +59,8 @@ def same(a: dict, b: dict) -> bool:
 
 
 def spawn(root: Path, *args, env=None) -> subprocess.Popen:
-    e = dict(os.environ, **(env or {}))
+    # one thread, like the in-process runs (conftest): the same float summation order, bit-equal weights
+    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "gptune", "pretrain", "r.yaml", *args], cwd=root, env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
