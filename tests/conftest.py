@@ -82,3 +82,25 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
     GPT2LMHeadModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+def run_cli(*args) -> int:
+    """Run the real entry point in process; the exit code it would give."""
+    from gptune.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def make_workdir(root, monkeypatch, books: dict[str, int]):
+    """chdir into ``root`` with a private cache, no progress bars, and ``books/<name>`` of make_text(n, i)."""
+    monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
+    monkeypatch.setenv("GPTUNE_CACHE", str(root / "cache"))
+    monkeypatch.chdir(root)
+    (root / "books").mkdir(exist_ok=True)
+    for i, (name, n) in enumerate(books.items(), start=1):
+        (root / "books" / name).write_text(make_text(n, i))
+    return root

@@ -11,26 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_text
-from gptune.cli import main
-
-
-def run_cli(*args) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+from conftest import make_workdir, run_cli
 
 
 @pytest.fixture()
 def books(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
-    monkeypatch.setenv("GPTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "books").mkdir()
-    (tmp_path / "books" / "a.txt").write_text(make_text(700, 1))
-    (tmp_path / "books" / "b.txt").write_text(make_text(700, 2))
+    make_workdir(tmp_path, monkeypatch, {"a.txt": 700, "b.txt": 700})
     (tmp_path / "r.yaml").write_text(
         "# gptune pretrain r.yaml\nname: tiny\n"
         "model: {tokenizer: train, vocab_size: 400, config: {n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, dropout: 0.0}}\n"
