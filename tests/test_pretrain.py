@@ -139,3 +139,15 @@ def test_missing_books_offline_says_how_to_point_at_local_text(books, capsys, mo
     err = capsys.readouterr().err
     assert code == 2 and "--set data.path=DIR" in err and "data/books" in err
     assert not (books / "data" / "books").exists()  # no partial folder left behind
+
+
+def test_tensorboard_tracker_logs_into_the_run_folder(books):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert run_cli("pretrain", "r.yaml", "--set", "train.max_steps=8", "--set", "train.tracker=tensorboard") == 0
+    files = list((books / "runs" / "tiny" / "logs").rglob("events.out.tfevents.*"))
+    assert files
+    acc = EventAccumulator(str(files[0].parent))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == [4, 8]
