@@ -171,3 +171,20 @@ def test_a_tampered_checkpoint_is_refused_not_executed(project, capsys):
     err = capsys.readouterr().err
     assert "refused to unpickle" in err or "cannot load this checkpoint safely" in err, err
     assert not (project / "pwned").exists()
+
+
+def test_out_of_memory_names_the_knobs(project, monkeypatch, capsys):
+    import torch
+
+    import gptune.runners.pretrain as pre
+
+    write_recipe(project, max_steps=4, save_every=0)
+
+    def oom(model, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pre, "lm_step", oom)
+    assert run_cli("pretrain", "r.yaml") == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "train.micro_batch_size" in err and "gradient_checkpointing" in err
+    assert "Traceback" not in err
