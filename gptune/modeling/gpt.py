@@ -39,10 +39,12 @@ def random_config(mcfg: ModelConfig, vocab_size: int, *, bos_id: int | None, eos
         from transformers import OpenAIGPTConfig
 
         # GPT-1's config has no bos/eos; they go into the config for generation only.
-        return OpenAIGPTConfig(**common, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+        return OpenAIGPTConfig(**common, bos_token_id=bos_id, eos_token_id=eos_id)
     from transformers import GPT2Config
 
-    return GPT2Config(**common, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    # no pad_token_id: packed text has EOS between documents, which transformers would otherwise take
+    # for padding and warn about; batches that are padded always carry an attention mask
+    return GPT2Config(**common, bos_token_id=bos_id, eos_token_id=eos_id)
 
 
 def build_causal_lm(mcfg: ModelConfig, tokenizer) -> nn.Module:
@@ -108,8 +110,6 @@ def fit_tokenizer(model, tokenizer, *, source: str = "the model") -> None:
         )
     if len(tokenizer) > n_model:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    if tokenizer.pad_token_id is not None and model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def set_dropout(model, p: float) -> None:
