@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from gptune.losses import causal_lm_loss, combined_loss, task_loss
-from gptune.modeling.gpt import body_and_head
+from gptune.modeling.gpt import body_and_head, use_fused_gelu
 from gptune.tasks import TaskSpec
 from gptune.transforms import SPECIAL_TOKENS, SpecialIds
 
@@ -68,6 +68,7 @@ class GPT1TaskModel(nn.Module):
     def __init__(self, lm: nn.Module, task: TaskSpec, *, lm_coef: float = 0.5, clf_dropout: float = 0.1):
         super().__init__()
         self.lm = lm
+        use_fused_gelu(lm)
         self.kind = task.kind
         self.regression = task.is_regression
         self.lm_coef = lm_coef
