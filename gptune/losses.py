@@ -25,8 +25,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """sum over valid rows of CE(hidden @ weight.T, target) / denom, gradients computed chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, denom, chunk):
-        # hidden (N, C), weight (V, C), targets (N,) with IGNORE_INDEX for rows that are not scored
+    def forward(ctx, hidden, weight, targets, denom, chunk, grad_rows=None):
+        # hidden (N, C), weight (V, C), targets (N,) with IGNORE_INDEX for rows that are not scored;
+        # grad_rows (k,): when set, the only rows of weight whose gradient anyone needs
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         # the head only sees scored rows: padding and last positions cost no (row x vocabulary) work
@@ -34,7 +35,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h_all, hidden, targets = hidden, hidden.index_select(0, rows), targets.index_select(0, rows)
         total = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None  # (n, C)
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        w_rows = weight.shape[0] if grad_rows is None else grad_rows.numel()
+        grad_w = torch.zeros(w_rows, weight.shape[1], dtype=acc, device=weight.device) if need_w else None
         # One (chunk, V) logits buffer reused by every chunk, and in-place softmax: fresh 50k-wide
         # tensors per chunk cost a page-faulting allocation and an extra memory pass each.
         plain = hidden.dtype == weight.dtype == acc and not torch.is_autocast_enabled(hidden.device.type)
@@ -59,19 +61,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if plain:
                     if need_h:
                         torch.mm(g, weight, out=grad_h[s : s + n])
-                    if need_w:
+                    if need_w and grad_rows is not None:
+                        grad_w.addmm_(g.index_select(1, grad_rows).t(), h)  # (k, C) only
+                    elif need_w:
                         grad_w.addmm_(g.t(), h)  # accumulate inside the GEMM: no (V, C) temporary
                 else:
                     g = g.to(h.dtype)
                     if need_h:
                         grad_h[s : s + n] = g @ weight
                     if need_w:
-                        grad_w += (g.t() @ h).to(acc)
+                        g_w = g if grad_rows is None else g.index_select(1, grad_rows)
+                        grad_w += (g_w.t() @ h).to(acc)
         if need_h:
             grad_h = torch.zeros_like(h_all).index_copy_(0, rows, grad_h)  # (N, C): 0 on ignored rows
         ctx.save_for_backward(*(x for x in (grad_h, grad_w) if x is not None))
         ctx.need = (need_h, need_w)
-        ctx.w_dtype = weight.dtype
+        ctx.w_dtype, ctx.w_shape, ctx.grad_rows = weight.dtype, weight.shape, grad_rows
         return total / denom
 
     @staticmethod
@@ -80,19 +85,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_h, need_w = ctx.need
         gh = saved.pop(0) * grad_out if need_h else None
         gw = (saved.pop(0) * grad_out).to(ctx.w_dtype) if need_w else None
-        return gh, gw, None, None, None
+        if gw is not None and ctx.grad_rows is not None:  # (k, C) -> (V, C), zero where nobody needs it
+            gw = gw.new_zeros(ctx.w_shape).index_copy_(0, ctx.grad_rows, gw)
+        return gh, gw, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         *, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         *, chunk: int | None = None,
+                         grad_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-mean cross-entropy of ``hidden @ weight.T`` against ``targets`` (IGNORE_INDEX skipped).
 
     hidden (N, C), weight (V, C), targets (N,). Returns (mean loss, number of scored tokens).
     With no scored token the loss is 0 (not NaN), so an all-padding batch cannot poison a run.
+    ``grad_rows`` (k,): only these rows of ``weight`` get a gradient (the others get zeros); for a head
+    built from a frozen matrix plus a few trainable rows (LoRA's new-token rows) this replaces the
+    (V x C) weight-gradient GEMM by a (k x C) one.
     """
     n = (targets != IGNORE_INDEX).sum()
     denom = n.clamp(min=1).to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-    loss = _LinearCrossEntropy.apply(hidden, weight, targets, denom, chunk or _chunk_rows(weight.shape[0]))
+    loss = _LinearCrossEntropy.apply(hidden, weight, targets, denom, chunk or _chunk_rows(weight.shape[0]), grad_rows)
     return loss, n
 
 
@@ -129,10 +140,12 @@ def shift_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
 
 def causal_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor | None = None,
-                   labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   labels: torch.Tensor | None = None,
+                   grad_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-mean causal-LM loss from hidden states (B, T, C); padding masked. Returns (loss, tokens)."""
     targets = shift_targets(input_ids, attention_mask, labels)  # (B, T)
-    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head_weight, targets.reshape(-1))
+    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head_weight, targets.reshape(-1),
+                                grad_rows=grad_rows)
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, *, regression: bool) -> torch.Tensor:
