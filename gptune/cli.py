@@ -177,8 +177,10 @@ def eval_(
     stride: Annotated[int | None, typer.Option(help="--ppl: window stride.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="--ppl: windows per forward pass.")] = None,
     json_path: Annotated[str | None, typer.Option("--json", help="--ppl: also write the result to this JSON file.")] = None,
+    num_processes: ProcsOpt = None,
 ) -> None:
     """Evaluate: a task model on its dev split(s) (--task), all GLUE tasks (--glue), or perplexity (--ppl)."""
+    _relaunch(num_processes)
     chosen = [n for n, on in (("--ppl", ppl), ("--glue", glue), ("--task", task is not None)) if on]
     if ppl and glue or (glue and task is not None):
         raise GptuneError(f"eval: choose one of --task, --glue, --ppl (got {' and '.join(chosen)})")

@@ -37,7 +37,7 @@ def is_main_process() -> bool:
 def say(message: str) -> None:
     """Print one line on the main process."""
     if is_main_process():
-        console.print(message)
+        console.print(message, soft_wrap=True)  # one logical line stays one line (logs, grep, tests)
 
 
 def warn(message: str) -> None:

@@ -54,3 +54,53 @@ def tiny_tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_text():
     return make_text(600)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on 2 shared cores thread hand-offs make each
+    small op ~100x slower when another process is busy."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A random 2-layer GPT-2 (n_embd 32) saved with save_pretrained, tokenizer beside it."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    out = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def run_cli(*args) -> int:
+    """Run the real entry point in process; the exit code it would give."""
+    from gptune.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def make_workdir(root, monkeypatch, books: dict[str, int]):
+    """chdir into ``root`` with a private cache, no progress bars, and ``books/<name>`` of make_text(n, i)."""
+    monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
+    monkeypatch.setenv("GPTUNE_CACHE", str(root / "cache"))
+    monkeypatch.chdir(root)
+    (root / "books").mkdir(exist_ok=True)
+    for i, (name, n) in enumerate(books.items(), start=1):
+        (root / "books" / name).write_text(make_text(n, i))
+    return root

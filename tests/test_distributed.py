@@ -10,8 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from conftest import make_text
-from gptune.cli import main
+from conftest import make_workdir, run_cli
 
 RECIPE = (
     "# gptune pretrain r.yaml --num-processes 2\nname: tiny\n"
@@ -22,21 +21,9 @@ RECIPE = (
 )
 
 
-def run_cli(*args) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
 @pytest.fixture()
 def project(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
-    monkeypatch.setenv("GPTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "books").mkdir()
-    (tmp_path / "books" / "a.txt").write_text(make_text(1500, 1))
+    make_workdir(tmp_path, monkeypatch, {"a.txt": 1500})
     (tmp_path / "r.yaml").write_text(RECIPE)
     return tmp_path
 

@@ -24,31 +24,6 @@ WORDS = "the a cat dog sat on mat ran to house big small red blue saw old man wo
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on 2 shared cores thread hand-offs make each
-    small op ~100x slower when another process is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    """A random 2-layer GPT-2 (n_embd 32) saved with save_pretrained, tokenizer beside it."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    out = tmp_path_factory.mktemp("tiny-gpt2")
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
 @pytest.fixture()
 def tok(tiny_tokenizer_dir):
     from transformers import AutoTokenizer

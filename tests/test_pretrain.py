@@ -11,26 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_text
-from gptune.cli import main
-
-
-def run_cli(*args) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+from conftest import make_workdir, run_cli
 
 
 @pytest.fixture()
 def books(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
-    monkeypatch.setenv("GPTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "books").mkdir()
-    (tmp_path / "books" / "a.txt").write_text(make_text(700, 1))
-    (tmp_path / "books" / "b.txt").write_text(make_text(700, 2))
+    make_workdir(tmp_path, monkeypatch, {"a.txt": 700, "b.txt": 700})
     (tmp_path / "r.yaml").write_text(
         "# gptune pretrain r.yaml\nname: tiny\n"
         "model: {tokenizer: train, vocab_size: 400, config: {n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, dropout: 0.0}}\n"
@@ -153,3 +139,15 @@ def test_missing_books_offline_says_how_to_point_at_local_text(books, capsys, mo
     err = capsys.readouterr().err
     assert code == 2 and "--set data.path=DIR" in err and "data/books" in err
     assert not (books / "data" / "books").exists()  # no partial folder left behind
+
+
+def test_tensorboard_tracker_logs_into_the_run_folder(books):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert run_cli("pretrain", "r.yaml", "--set", "train.max_steps=8", "--set", "train.tracker=tensorboard") == 0
+    files = list((books / "runs" / "tiny" / "logs").rglob("events.out.tfevents.*"))
+    assert files
+    acc = EventAccumulator(str(files[0].parent))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == [4, 8]

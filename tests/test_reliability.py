@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import make_text
-from gptune.cli import main
+from conftest import make_workdir, run_cli
 
 RECIPE = (
     "# gptune pretrain r.yaml\nname: tiny\n"
@@ -28,22 +27,9 @@ RECIPE = (
 )
 
 
-def run_cli(*args) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
 @pytest.fixture()
 def project(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
-    monkeypatch.setenv("GPTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "books").mkdir()
-    (tmp_path / "books" / "a.txt").write_text(make_text(1500, 1))
-    return tmp_path
+    return make_workdir(tmp_path, monkeypatch, {"a.txt": 1500})
 
 
 def write_recipe(root: Path, max_steps: int, save_every: int) -> None:
@@ -59,7 +45,8 @@ def same(a: dict, b: dict) -> bool:
 
 
 def spawn(root: Path, *args, env=None) -> subprocess.Popen:
-    e = dict(os.environ, **(env or {}))
+    # one thread, like the in-process runs (conftest): the same float summation order, bit-equal weights
+    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "gptune", "pretrain", "r.yaml", *args], cwd=root, env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

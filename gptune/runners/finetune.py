@@ -15,12 +15,12 @@ import torch
 import yaml
 
 from gptune.config import Recipe, TaskConfig
-from gptune.console import MetricsWriter, console, is_main_process, say, summary_table, warn
+from gptune.console import console, is_main_process, say, summary_table, warn
 from gptune.errors import GptuneError
-from gptune.runners.pretrain import RunSummary, open_run, recipe_header
+from gptune.runners.common import RunSummary, open_run, prepare_training
 from gptune.tasks import TaskSpec, custom_task, get_task
-from gptune.training.checkpoint import Checkpointer, TrainState
-from gptune.training.loop import StepOutput, plan_steps, train
+from gptune.training.checkpoint import TrainState
+from gptune.training.loop import StepOutput, train
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "finetune.yaml"
 HUB_MODEL = "openai-community/openai-gpt"
@@ -222,6 +222,24 @@ def task_step(model, batch) -> StepOutput:
 
 
 # ----------------------------------------------------------------------------- the run
+def fit_max_length(recipe: Recipe, spec: str) -> Recipe:
+    """A task.max_length beyond the model's context is lowered to it (and said), before anything is tokenized."""
+    import dataclasses
+
+    from transformers import AutoConfig
+
+    from gptune.modeling.gpt import context_length
+
+    try:
+        ctx = context_length(AutoConfig.from_pretrained(spec, trust_remote_code=recipe.model.trust_remote_code))
+    except (OSError, ValueError):
+        return recipe  # an adapter folder or unreachable hub id: checked again once the model is built
+    if recipe.task.max_length <= ctx:
+        return recipe
+    say(f"  task.max_length {recipe.task.max_length} lowered to the model's context ({ctx})")
+    return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=ctx))
+
+
 def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
                  command: str = "gptune finetune", merge: bool | None = None) -> RunSummary:
     from accelerate.utils import set_seed
@@ -230,7 +248,6 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     from gptune.modeling.gpt import context_length, count_parameters, set_threads
     from gptune.modeling.heads import add_task_tokens
     from gptune.modeling.task_io import build_task_model, check_model_folder, load_tokenizer
-    from gptune.training.optim import build_optimizer, build_scheduler
 
     t0 = time.perf_counter()
     set_threads()
@@ -244,6 +261,7 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     if is_main_process():  # one unwrapped line: what runs, on what, where
         console.print(f"finetune {task.name} ({mode}): model {spec} | data {_data_where(task, recipe.task.data_dir)}"
                       f" | out {recipe.run_dir}", soft_wrap=True)
+    recipe = fit_max_length(recipe, spec)
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe.model.tokenizer or spec)
@@ -257,19 +275,9 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         f"{data.train_rows} train rows, eval {data.eval_rows}{' (cached)' if data.cached else ''}")
     collate = build_collator(recipe, task, tokenizer, ids)
     train_loader, eval_loaders = build_task_loaders(recipe, data, collate)
-    optimizer = build_optimizer(model, recipe.train)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    t = prepare_training(accelerator, recipe, model, train_loader, run_dir=run_dir, ckpt=ckpt, command=command)
+    model, metrics = t.model, t.metrics
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
-    total = plan_steps(recipe.train, len(train_loader), accelerator.gradient_accumulation_steps)
-    scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, total))
-    recipe_yaml = recipe.to_yaml(recipe_header(command))
-    checkpointer = Checkpointer(accelerator, run_dir, recipe.train.keep_last, recipe_yaml)
-    state = TrainState(total_steps=total)
-    if ckpt is not None:
-        state = checkpointer.load(ckpt)
-        state.total_steps = total
-        say(f"  resumed from {ckpt} at step {state.step} of {total}")
-    metrics = MetricsWriter(run_dir / "metrics.jsonl")
 
     def evaluate_fn(st: TrainState) -> dict:
         if not eval_loaders:
@@ -283,13 +291,14 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         if recipe.task.eval_every_epoch and st.step < st.total_steps:
             st.history = evaluate_fn(st)
 
-    state = train(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
-                  loader=train_loader, cfg=recipe.train, state=state, step_fn=task_step, evaluate_fn=evaluate_fn,
-                  checkpointer=checkpointer, metrics=metrics, on_epoch_end=on_epoch_end, description=f"finetune {task.name}")
+    state = train(accelerator=accelerator, model=model, optimizer=t.optimizer, scheduler=t.scheduler,
+                  loader=t.loader, cfg=recipe.train, state=t.state, step_fn=task_step, evaluate_fn=evaluate_fn,
+                  checkpointer=t.checkpointer, metrics=metrics, on_epoch_end=on_epoch_end,
+                  description=f"finetune {task.name}")
     if recipe.train.save_every and state.step % recipe.train.save_every:
-        checkpointer.save(state)
+        t.checkpointer.save(state)
     final_metrics = evaluate_fn(state)
-    final = save_final_task(accelerator, model, tokenizer, recipe, task, ids, run_dir, recipe_yaml,
+    final = save_final_task(accelerator, model, tokenizer, recipe, task, ids, run_dir, t.recipe_yaml,
                             {"step": state.step, **final_metrics},
                             merge=recipe.lora.merge if merge is None else merge)
     metrics.close()

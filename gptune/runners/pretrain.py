@@ -7,58 +7,16 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from gptune.config import Recipe
-from gptune.console import MetricsWriter, say, summary_table
+from gptune.console import say, summary_table
 from gptune.errors import GptuneError
-from gptune.training.checkpoint import (
-    Checkpointer,
-    TrainState,
-    check_compatible,
-    prepare_run_dir,
-    resolve_resume,
-    write_atomic,
-)
-from gptune.training.loop import EpochSampler, StepOutput, build_accelerator, plan_steps, train
-
-
-@dataclass
-class RunSummary:
-    run_dir: Path
-    final_dir: Path
-    steps: int
-    tokens: int
-    seconds: float
-    metrics: dict
-
-    def rows(self) -> dict:
-        return {"run folder": str(self.run_dir), "final model": str(self.final_dir), "steps": self.steps,
-                "tokens": self.tokens, "wall time (s)": round(self.seconds, 1),
-                "tokens/s": round(self.tokens / max(self.seconds, 1e-9)), **self.metrics}
-
-
-def recipe_header(command: str) -> str:
-    return f"# resolved recipe, written by gptune; replay with:\n#   {command}\n"
-
-
-def open_run(recipe: Recipe, *, resume: str | None, overwrite: bool, command: str):
-    """Resolve the checkpoint to resume from, create the Accelerator and the run folder, write recipe.yaml."""
-    run_dir = recipe.run_dir
-    ckpt = resolve_resume(resume, run_dir)
-    if ckpt is not None:
-        saved = yaml.safe_load((ckpt / "recipe.yaml").read_text()) if (ckpt / "recipe.yaml").exists() else {}
-        check_compatible(saved, recipe, ckpt)
-    accelerator = build_accelerator(recipe.train, run_dir, seed=recipe.seed)
-    if accelerator.is_main_process:
-        prepare_run_dir(run_dir, resuming=ckpt is not None, overwrite=overwrite)
-        write_atomic(run_dir / "recipe.yaml", recipe.to_yaml(recipe_header(command)))
-    accelerator.wait_for_everyone()
-    return accelerator, run_dir, ckpt
+from gptune.runners.common import RunSummary, open_run, prepare_training
+from gptune.training.checkpoint import TrainState
+from gptune.training.loop import EpochSampler, StepOutput, train
 
 
 def ensure_corpus(recipe: Recipe, accelerator) -> None:
@@ -141,6 +99,21 @@ def evaluate_lm(accelerator, model, loader, max_batches: int | None) -> dict:
     return {"val_loss": mean, "val_ppl": math.exp(mean), "val_tokens": int(count)}
 
 
+def sliding_window_val(accelerator, model, data, tokenizer, block_size: int) -> dict:
+    """The ``eval --ppl`` measure on the validation blocks (decoded, joined as documents) with windows of
+    block_size and stride block_size / 2 (``gptune eval --ppl --max-length B --stride B/2`` gives the same)."""
+    from gptune.evaluation.perplexity import encode_text, perplexity_report, sliding_window_nll
+
+    blocks = [data.val[i]["input_ids"].tolist() for i in range(len(data.val))]
+    text = "\n\n".join(tokenizer.batch_decode(blocks))
+    lm = accelerator.unwrap_model(model).lm
+    result = sliding_window_nll(lm, encode_text(tokenizer, text), max_length=block_size, stride=block_size // 2,
+                                accelerator=accelerator if accelerator.num_processes > 1 else None)
+    report = perplexity_report(result, text)
+    return {"val_ppl_sliding": report["perplexity"], "val_bits_per_byte": report["bits_per_byte"],
+            "val_sliding_stride": result.stride}
+
+
 def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, metrics: dict) -> Path:
     """``final/``: a save_pretrained model + tokenizer that AutoModelForCausalLM/AutoTokenizer load,
     with the recipe and metrics beside it. Written to a temporary folder, then renamed."""
@@ -162,20 +135,11 @@ def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, m
     return final
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop logged events past the checkpoint: they are about to be produced again."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-        write_atomic(path, "".join(ln + "\n" for ln in keep))
-
-
 def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
                  command: str = "gptune pretrain") -> RunSummary:
     from accelerate.utils import set_seed
 
     from gptune.modeling.gpt import LMWithLoss, build_causal_lm, context_length, count_parameters, set_threads
-    from gptune.training.optim import build_optimizer, build_scheduler
 
     t0 = time.perf_counter()
     set_threads()
@@ -192,29 +156,18 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     model = LMWithLoss(lm)
     if recipe.train.compile:
         model = torch.compile(model)
-    say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} "
-        f"{count_parameters(lm) / 1e6:.2f}M params | data {recipe.data.path}: {data.stats.tokens:,} tokens, "
-        f"{len(data.train)} train / {len(data.val) if data.val is not None else 0} val blocks"
-        f"{' (cached)' if data.stats.cached else ''} | out {run_dir}")
+    say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} | "
+        f"data {recipe.data.path} | out {run_dir}")
+    say(f"  {count_parameters(lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} train / "
+        f"{len(data.val) if data.val is not None else 0} validation blocks of {recipe.data.block_size}"
+        f"{' (cached)' if data.stats.cached else ''}")
     if data.stats.dropped_tokens:
         say(f"  packing dropped the final partial block: {data.stats.dropped_tokens} tokens")
     train_loader, val_loader = build_loaders(recipe, data)
-    optimizer = build_optimizer(model, recipe.train)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    t = prepare_training(accelerator, recipe, model, train_loader, run_dir=run_dir, ckpt=ckpt, command=command)
+    model, metrics = t.model, t.metrics
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
-    total = plan_steps(recipe.train, len(train_loader), accelerator.gradient_accumulation_steps)
-    scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, total))
-    recipe_yaml = recipe.to_yaml(recipe_header(command))
-    checkpointer = Checkpointer(accelerator, run_dir, recipe.train.keep_last, recipe_yaml)
-    state = TrainState(total_steps=total)
-    if ckpt is not None:
-        state = checkpointer.load(ckpt)
-        state.total_steps = total
-        say(f"  resumed from {ckpt} at step {state.step} of {total}")
-        if accelerator.is_main_process:
-            truncate_metrics(run_dir / "metrics.jsonl", state.step)
-    metrics = MetricsWriter(run_dir / "metrics.jsonl")
 
     def evaluate_fn(st: TrainState) -> dict:
         if val_loader is None:
@@ -223,18 +176,17 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         metrics.write("eval", step=st.step, **out)
         return out
 
-    if recipe.train.tracker != "none":
-        accelerator.init_trackers(recipe.name)
-    state = train(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
-                  loader=train_loader, cfg=recipe.train, state=state, step_fn=lm_step,
-                  evaluate_fn=evaluate_fn, checkpointer=checkpointer, metrics=metrics, description="pretrain")
+    state = train(accelerator=accelerator, model=model, optimizer=t.optimizer, scheduler=t.scheduler,
+                  loader=t.loader, cfg=recipe.train, state=t.state, step_fn=lm_step,
+                  evaluate_fn=evaluate_fn, checkpointer=t.checkpointer, metrics=metrics, description="pretrain")
     if recipe.train.save_every and state.step % recipe.train.save_every:
-        checkpointer.save(state)
+        t.checkpointer.save(state)
     final_metrics = {}
     if val_loader is not None:
         final_metrics = evaluate_lm(accelerator, model, val_loader, None)
+        final_metrics.update(sliding_window_val(accelerator, model, data, tokenizer, recipe.data.block_size))
         metrics.write("eval", step=state.step, final=True, **final_metrics)
-    final = save_final(accelerator, model, tokenizer, run_dir, recipe_yaml, {"step": state.step, **final_metrics})
+    final = save_final(accelerator, model, tokenizer, run_dir, t.recipe_yaml, {"step": state.step, **final_metrics})
     metrics.close()
     if accelerator.is_main_process:
         from gptune.plot import write_curves

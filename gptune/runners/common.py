@@ -1,0 +1,102 @@
+"""What every runner shares: the run folder, the Accelerator, and the training state around the loop."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from gptune.config import Recipe
+from gptune.console import MetricsWriter, say
+from gptune.training.checkpoint import (
+    Checkpointer,
+    TrainState,
+    check_compatible,
+    prepare_run_dir,
+    resolve_resume,
+    write_atomic,
+)
+from gptune.training.loop import build_accelerator, plan_steps
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    final_dir: Path
+    steps: int
+    tokens: int
+    seconds: float
+    metrics: dict
+
+    def rows(self) -> dict:
+        return {"run folder": str(self.run_dir), "final model": str(self.final_dir), "steps": self.steps,
+                "tokens": self.tokens, "wall time (s)": round(self.seconds, 1),
+                "tokens/s": round(self.tokens / max(self.seconds, 1e-9)), **self.metrics}
+
+
+def recipe_header(command: str) -> str:
+    return f"# resolved recipe, written by gptune; replay with:\n#   {command}\n"
+
+
+def open_run(recipe: Recipe, *, resume: str | None, overwrite: bool, command: str):
+    """Resolve the checkpoint to resume from, create the Accelerator and the run folder, write recipe.yaml."""
+    run_dir = recipe.run_dir
+    ckpt = resolve_resume(resume, run_dir)
+    if ckpt is not None:
+        saved = yaml.safe_load((ckpt / "recipe.yaml").read_text()) if (ckpt / "recipe.yaml").exists() else {}
+        check_compatible(saved, recipe, ckpt)
+    accelerator = build_accelerator(recipe.train, run_dir, seed=recipe.seed)
+    if accelerator.is_main_process:
+        prepare_run_dir(run_dir, resuming=ckpt is not None, overwrite=overwrite)
+        write_atomic(run_dir / "recipe.yaml", recipe.to_yaml(recipe_header(command)))
+    accelerator.wait_for_everyone()
+    return accelerator, run_dir, ckpt
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop logged events past the checkpoint: they are about to be produced again."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        write_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
+@dataclass
+class Training:
+    """Everything ``training.loop.train`` needs, prepared once by ``prepare_training``."""
+
+    model: object
+    optimizer: object
+    loader: object
+    scheduler: object
+    checkpointer: Checkpointer
+    state: TrainState
+    metrics: MetricsWriter
+    recipe_yaml: str
+
+
+def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_dir: Path, ckpt: Path | None,
+                     command: str) -> Training:
+    """Optimizer, schedule (planned on the prepared loader), one ``accelerator.prepare``, checkpointer,
+    and -- when resuming -- the restored state with the metrics log cut back to the checkpoint."""
+    from gptune.training.optim import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer(model, recipe.train)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    total = plan_steps(recipe.train, len(train_loader), accelerator.gradient_accumulation_steps)
+    scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, total))
+    recipe_yaml = recipe.to_yaml(recipe_header(command))
+    checkpointer = Checkpointer(accelerator, run_dir, recipe.train.keep_last, recipe_yaml)
+    state = TrainState(total_steps=total)
+    if ckpt is not None:
+        state = checkpointer.load(ckpt)
+        state.total_steps = total
+        say(f"  resumed from {ckpt} at step {state.step} of {total}")
+        if accelerator.is_main_process:
+            truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    if recipe.train.tracker != "none":
+        accelerator.init_trackers(recipe.name)
+    return Training(model, optimizer, train_loader, scheduler, checkpointer, state,
+                    MetricsWriter(run_dir / "metrics.jsonl"), recipe_yaml)

@@ -1,0 +1,139 @@
+"""``gptune eval --ppl``: sliding-window perplexity of a model folder, a run, or a hub model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from gptune.console import say, summary_table
+from gptune.errors import GptuneError
+
+
+def newest_run_final(root: Path = Path("runs")) -> Path | None:
+    """The newest ``final/`` under ./runs written by gptune (pretrain or finetune)."""
+    found = [(p.stat().st_mtime, p) for p in root.glob("**/final") if (p / "recipe.yaml").is_file()]
+    return max(found)[1] if found else None
+
+
+def load_lm_for_ppl(spec: str):
+    """(causal LM in eval mode, tokenizer, recipe dict or None) for a model folder, a gptune run's
+    ``final/`` (a fine-tuned task model: its LM, with any LoRA merged in), a PEFT adapter, or a hub id."""
+    from transformers import AutoTokenizer
+
+    from gptune.modeling.gpt import is_local, load_pretrained_lm
+    from gptune.modeling.task_io import is_task_model, load_task_model
+
+    path = Path(spec).expanduser()
+    recipe = None
+    if is_local(spec) and (path / "recipe.yaml").is_file():
+        recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
+    if is_local(spec) and is_task_model(path):
+        model, tokenizer, info = load_task_model(path)
+        if info.lora:
+            model = model.merge_and_unload()
+        return model.lm.eval(), tokenizer, recipe
+    if is_local(spec) and (path / "adapter_config.json").is_file():
+        try:
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(path)).merge_and_unload()
+        except (OSError, ValueError) as e:
+            raise GptuneError(f"--model {spec}: cannot load the adapter or its base model ({e})") from None
+    else:
+        model = load_pretrained_lm(spec, field="--model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if is_local(spec) else spec)
+    except (OSError, ValueError) as e:
+        raise GptuneError(f"--model {spec}: no tokenizer saved with the model ({e})") from None
+    return model.eval(), tokenizer, recipe
+
+
+def run_validation_text(recipe: dict, tokenizer) -> tuple[str, str]:
+    """(text, description) of a run's own validation data, read from its recipe.yaml.
+
+    Pretraining: ``data.val_path`` when set, else the held-out validation blocks decoded and joined
+    as documents. Fine-tuning: the task's dev split texts, one document per example.
+    """
+    task = (recipe.get("task") or {}).get("name")
+    if task:
+        from gptune.config import build_recipe
+        from gptune.data.glue import load_task_split
+        from gptune.runners.finetune import build_task_spec
+
+        r = build_recipe(recipe)
+        spec = build_task_spec(r.task)
+        split = spec.eval_splits[0]
+        rows = load_task_split(spec, split, r.task.data_dir).rows
+        texts = [" ".join(spec.texts(row)) for row in rows]
+        return "\n\n".join(texts), f"{spec.name} {split} ({len(rows)} examples)"
+    data = recipe.get("data") or {}
+    if data.get("val_path"):
+        from gptune.evaluation.perplexity import load_eval_text
+
+        return load_eval_text(data["val_path"]), str(data["val_path"])
+    from gptune.data.text import build_lm_data
+
+    lm = build_lm_data(data.get("path", "data/books"), tokenizer, int(data.get("block_size", 256)),
+                       text_column=data.get("text_column", "text"), val_fraction=float(data.get("val_fraction", 0.01)),
+                       num_proc=int(data.get("num_proc", 1)), max_tokens=data.get("max_tokens"),
+                       seed=int(recipe.get("seed", 0)), cache_dir=data.get("cache_dir"),
+                       fallback_encoding=data.get("fallback_encoding"), progress=False)
+    if lm.val is None or not len(lm.val):
+        raise GptuneError("eval --ppl: the run has no validation split (data.val_fraction=0); pass --data FILE")
+    blocks = [lm.val[i]["input_ids"].tolist() for i in range(len(lm.val))]
+    texts = tokenizer.batch_decode(blocks)
+    return "\n\n".join(texts), f"validation split of {data.get('path')} ({len(blocks)} blocks)"
+
+
+def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_length: int | None = None,
+                 stride: int | None = None, batch_size: int | None = None, json_path: str | None = None) -> dict:
+    from gptune.evaluation.perplexity import (
+        encode_text,
+        load_eval_text,
+        perplexity_report,
+        resolve_windowing,
+        sliding_window_nll,
+    )
+    from gptune.modeling.gpt import set_threads
+
+    set_threads()
+    if model is None:
+        found = newest_run_final()
+        if found is None:
+            raise GptuneError("eval --ppl: no runs/*/final in this folder; pass --model DIR (or a hub id)")
+        model = str(found)
+    lm, tokenizer, recipe = load_lm_for_ppl(model)
+    if data is None:
+        if recipe is None:
+            raise GptuneError(f"eval --ppl: {model} is not a gptune run folder, so it has no validation split; "
+                              "pass --data FILE")
+        text, where = run_validation_text(recipe, tokenizer)
+    else:
+        text, where = load_eval_text(data), data
+    max_length, stride = resolve_windowing(lm.config, max_length, stride)
+    say(f"eval --ppl: model {model} | data {where} | max_length {max_length}, stride {stride}")
+    accelerator = _accelerator()
+    lm = lm.to(accelerator.device)
+    ids = encode_text(tokenizer, text)
+    result = sliding_window_nll(lm, ids, max_length=max_length, stride=stride, batch_size=batch_size or 8,
+                                accelerator=accelerator if accelerator.num_processes > 1 else None)
+    report = perplexity_report(result, text, tokenizer)
+    report.update(model=model, data=where)
+    summary_table("perplexity", {k: report[k] for k in (
+        "perplexity", "nll", "bits_per_byte", "word_perplexity", "tokens", "max_length", "stride", "windows",
+        "tokens_per_second")})
+    if json_path and accelerator.is_main_process:
+        Path(json_path).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    return report
+
+
+def _accelerator():
+    import torch
+    from accelerate import Accelerator, PartialState
+
+    cpu = not torch.cuda.is_available()
+    PartialState(cpu=cpu)
+    return Accelerator(cpu=cpu)
