@@ -185,6 +185,7 @@ def run(*, quick: bool, data: str | None = None, out_dir: Path | None = None, ta
     rows = []
     for t in tasks:
         rows += run_task(t, quick=quick, root=root, work=work, log_dir=log_dir, model=model)
+        print_table(rows, f"GLUE so far ({t} done)")  # each task takes minutes: show it as soon as it is done
     return rows
 
 
