@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from gptune.losses import causal_lm_loss, combined_loss, task_loss
-from gptune.modeling.gpt import body_and_head
+from gptune.modeling.gpt import body_and_head, use_fused_gelu
 from gptune.tasks import TaskSpec
 from gptune.transforms import SPECIAL_TOKENS, SpecialIds
 
@@ -60,6 +60,18 @@ def head_weight(lm: nn.Module) -> torch.Tensor:
     return head.weight
 
 
+def head_grad_rows(lm: nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
+    """The rows of the tied LM head matrix that can receive a gradient, when only some can: under PEFT's
+    trainable tokens with a frozen base matrix, the head is ``index_copy(frozen, new_ids, deltas)``, so
+    only the new tokens' rows lead to a parameter. None: every row (full fine-tuning) or none (frozen)."""
+    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    adapter = getattr(inner.get_input_embeddings(), "token_adapter", None)
+    if adapter is None or not weight.requires_grad or adapter.get_base_layer().weight.requires_grad:
+        return None
+    rows = sorted({i for name in adapter.active_adapters for i in adapter.token_indices.get(name, [])})
+    return torch.tensor(rows, dtype=torch.long, device=weight.device) if rows else None
+
+
 class GPT1TaskModel(nn.Module):
     """A causal LM plus GPT-1's task head. ``forward(batch)`` returns a dict with ``logits``
     (B, num_labels) or (B, K) for multiple choice, and, when the batch has labels, ``loss``,
@@ -68,6 +80,7 @@ class GPT1TaskModel(nn.Module):
     def __init__(self, lm: nn.Module, task: TaskSpec, *, lm_coef: float = 0.5, clf_dropout: float = 0.1):
         super().__init__()
         self.lm = lm
+        use_fused_gelu(lm)
         self.kind = task.kind
         self.regression = task.is_regression
         self.lm_coef = lm_coef
@@ -102,7 +115,8 @@ class GPT1TaskModel(nn.Module):
         out["task_loss"] = l_task.detach()
         l_lm = None
         if self.lm_coef > 0:
-            l_lm, _ = causal_lm_loss(hidden, head_weight(self.lm), flat_ids, flat_mask)
+            weight = head_weight(self.lm)
+            l_lm, _ = causal_lm_loss(hidden, weight, flat_ids, flat_mask, grad_rows=head_grad_rows(self.lm, weight))
             out["lm_loss"] = l_lm.detach()
         out["loss"] = combined_loss(l_task, l_lm, self.lm_coef)
         return out
