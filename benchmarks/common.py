@@ -262,8 +262,8 @@ def print_table(rows: list[dict], title: str = "") -> None:
     body = [[r["workload"], r["metric"], _cell(r["gptune"], r["digits"]), r["peer_name"],
              _cell(r["peer"], r["digits"]), fmt(r["ratio"], 2) + "x" if r["ratio"] == r["ratio"] else "-",
              r["target"]] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"  # noqa: E731
     if title:
         print(f"\n{title}")
     print(line(head))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -82,8 +81,16 @@ def trainer_worker(pacer, *, task: str, model: str, glue_dir: str, out_dir: str,
     """run_glue.py with local TSV files: ``--max_seq_length 128`` (pad to max length), Trainer defaults."""
     import numpy as np
     from datasets import load_dataset
-    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, Trainer,
-                              TrainerCallback, TrainingArguments, default_data_collator, set_seed)
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
 
     folder, keys = TASKS[task]
     args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH,

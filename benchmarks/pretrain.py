@@ -20,7 +20,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Stat, Worker, alternate, data_root, measure_peak_gflops, print_table, rates, row, write_json  # noqa: E402
+from common import (  # noqa: E402
+    Stat,
+    Worker,
+    alternate,
+    data_root,
+    measure_peak_gflops,
+    print_table,
+    rates,
+    row,
+    write_json,
+)
 
 ARCH = dict(n_layer=6, n_head=6, n_embd=384, n_positions=256, dropout=0.0)
 SEQ, MICRO = 256, 8
@@ -87,8 +97,16 @@ def trainer_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_step
 
     import torch
     from datasets import load_dataset
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, Trainer, TrainerCallback,
-                              TrainingArguments, default_data_collator, set_seed)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GPT2Config,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
 
     args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=MICRO, max_steps=max_steps,
                              report_to="none", seed=0)
