@@ -95,6 +95,9 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="extra_sets", action="append", default=[], help="extra --set k=v for every run")
     p.add_argument("--order", choices=["task", "setting"], default="task",
                    help="inner loops: for each seed, tasks then settings (task) or settings then tasks (setting)")
+    p.add_argument("--threads", default=None,
+                   help="OMP_NUM_THREADS for each run: a number (1 avoids oversubscription on a shared machine), "
+                        "or 'auto': all cores when they are idle just before the run, else 1")
     p.add_argument("--deadline", default=None, help="UTC time HH:MM after which no new run starts")
     p.add_argument("--quick", action="store_true", help="smoke test: wnli+rte, 1 seed, 4 steps, max_length 64, OUT/quick")
     p.add_argument("--report-only", action="store_true", help="only write table.md and plots from results.jsonl")
@@ -189,6 +192,30 @@ def done_keys(results: list[dict]) -> set:
     return {(r["setting"], r["task"], r["seed"]) for r in results if r.get("status") == "ok"}
 
 
+def idle_cores(seconds: float = 2.0) -> float:
+    """Idle cores over a short window (from /proc/stat); the number of cores when it cannot be read."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)
+    try:
+        i0, t0 = snap()
+        time.sleep(seconds)
+        i1, t1 = snap()
+        return (os.cpu_count() or 1) * (i1 - i0) / max(1, t1 - t0)
+    except OSError:
+        return float(os.cpu_count() or 1)
+
+
+def pick_threads(spec) -> int | None:
+    if spec in (None, ""):
+        return None
+    if str(spec) != "auto":
+        return int(spec)
+    cores = os.cpu_count() or 1
+    return cores if idle_cores() > cores - 0.5 else 1
+
+
 def run_one(a, setting, task, seed, steps, model, out: Path) -> dict:
     run_dir = out / "runs" / setting / f"{task}-s{seed}"
     cmd = command(a, setting, task, seed, steps, model, run_dir)
@@ -199,11 +226,15 @@ def run_one(a, setting, task, seed, steps, model, out: Path) -> dict:
     log = out / "logs" / f"{setting}-{task}-s{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    env = dict(os.environ)
+    threads = pick_threads(a.threads)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     with open(log, "w") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     wall = time.time() - t0
     rec = {"setting": setting, "task": task, "seed": seed, "steps": steps, "wall_s": round(wall, 1),
-           "command": line, "run_dir": str(run_dir), "log": str(log), "model": model, "rc": rc,
+           "command": line, "threads": threads, "run_dir": str(run_dir), "log": str(log), "model": model, "rc": rc,
            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     metrics_file = run_dir / "final" / "metrics.json"
     if rc == 0 and metrics_file.is_file():
@@ -327,6 +358,49 @@ def plots(a, out: Path) -> list[Path]:
     return made
 
 
+def curves_figure(out: Path, key: str = "task_loss") -> Path | None:
+    """One compact PNG for the write-up: the training task loss of every setting (seed-1 runs),
+    one panel per task, with each run's final dev metric in the legend."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in load_results(out / "results.jsonl") if r.get("status") == "ok"]
+    order = [t for t in ("cola", "sst2", "mrpc", "stsb", "rte", "wnli") if any(r["task"] == t for r in results)]
+    if not order:
+        return None
+    seed = min(r["seed"] for r in results)
+    cols = 3
+    rows = (len(order) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
+    for ax, t in zip(axes.flat, order, strict=False):
+        for s in SETTINGS:
+            rs = [r for r in results if r["task"] == t and r["setting"] == s and r["seed"] == seed]
+            if not rs:
+                continue
+            ev = [e for e in load_results(Path(rs[-1]["run_dir"]) / "metrics.jsonl") if e.get("event") == "train"]
+            xs = [e["step"] for e in ev if key in e]
+            ys = [e[key] for e in ev if key in e]
+            ax.plot(xs, ys, label=f"{s} ({100 * rs[-1]['value']:.1f})", lw=1.2)
+        ax.set_title(f"{TASKS[t][3]}, seed {seed}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(key, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, title="setting (dev x100)", title_fontsize=6)
+    for ax in list(axes.flat)[len(order):]:
+        ax.axis("off")
+    fig.tight_layout()
+    png = out / "plots" / f"curves-{key}-s{seed}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    return png
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     a = parse_args(argv)
@@ -365,8 +439,9 @@ def main(argv=None) -> int:
         return 0
     print("\n" + report(a, out))
     if not a.no_plots:
-        for png in plots(a, out):
-            print(png)
+        for png in [*plots(a, out), curves_figure(out)]:
+            if png:
+                print(png)
     return 0
 
 
