@@ -294,6 +294,13 @@ def report(a, out: Path) -> str:
         avg5 = [statistics.mean(v[t] for t in five) for v in full5] if five else []
         lines.append(f"| {SETTINGS[s]['label']} | " + " | ".join(cells) + f" | {_fmt(avg_all)} | {_fmt(avg5)} | "
                      + ",".join(map(str, sorted(seeds_seen))) + " |")
+    try:
+        base = majority_baseline(Path(a.data))
+        five = [base[t] for t in tasks if t != "wnli"]
+        lines.append("| majority class (reference, no model) | " + " | ".join(f"{base[t]:.1f}" for t in tasks)
+                     + f" | {statistics.mean(base[t] for t in tasks):.1f} | {statistics.mean(five):.1f} | – |")
+    except (OSError, IndexError):
+        pass
     lines.append("| *paper, Table 5 (117M, BooksCorpus; x100)* |" + " |" * (len(tasks) + 3))
     for s, (name, vals, avg8) in PAPER.items():
         cells = [f"{vals[t]:.1f}" if t in vals else "n/a" for t in tasks]
@@ -315,6 +322,34 @@ def report(a, out: Path) -> str:
             f"(a single number: one seed).\n\n{table}\n\nWall time per run (mean over seeds) / optimizer steps:\n\n{walls}\n")
     (out / "table.md").write_text(text)
     return text
+
+
+def majority_baseline(glue: Path) -> dict[str, float]:
+    """Dev score of always predicting the most frequent training label (STS-B: a constant, Pearson
+    undefined, counted as 0). x100."""
+    import csv
+    from collections import Counter
+
+    label_col = {"cola": 1, "sst2": -1, "mrpc": 0, "rte": -1, "wnli": -1}
+    out = {"stsb": 0.0}
+    for t, col in label_col.items():
+        folder, header, metric, _ = TASKS[t]
+
+        def read(split, folder=folder, header=header, col=col):
+            with open(glue / folder / f"{split}.tsv", encoding="utf-8-sig") as f:
+                rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+            return [r[col] for r in (rows[1:] if header else rows) if r]
+
+        major = Counter(read("train")).most_common(1)[0][0]
+        dev = read("dev")
+        if metric == "accuracy":
+            out[t] = 100 * sum(y == major for y in dev) / len(dev)
+        elif metric == "f1":  # all-positive when the majority is the positive class, else F1 = 0
+            pos = sum(y == "1" for y in dev)
+            out[t] = 100 * 2 * pos / (2 * pos + (len(dev) - pos)) if major == "1" else 0.0
+        else:  # matthews correlation of a constant prediction
+            out[t] = 0.0
+    return out
 
 
 def max_n(results, setting) -> int:
