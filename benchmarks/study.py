@@ -412,14 +412,16 @@ def curves_figure(out: Path, key: str = "task_loss") -> Path | None:
     rows = (len(order) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
     for ax, t in zip(axes.flat, order, strict=False):
-        for s in SETTINGS:
+        for i, s in enumerate(SETTINGS):
             rs = [r for r in results if r["task"] == t and r["setting"] == s and r["seed"] == seed]
             if not rs:
                 continue
             ev = [e for e in load_results(Path(rs[-1]["run_dir"]) / "metrics.jsonl") if e.get("event") == "train"]
+            if not any(key in e for e in ev):
+                continue
             xs = [e["step"] for e in ev if key in e]
             ys = [e[key] for e in ev if key in e]
-            ax.plot(xs, ys, label=f"{s} ({100 * rs[-1]['value']:.1f})", lw=1.2)
+            ax.plot(xs, ys, label=f"{s} ({100 * rs[-1]['value']:.1f})", lw=1.2, color=f"C{i}")
         ax.set_title(f"{TASKS[t][3]}, seed {seed}", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel(key, fontsize=8)
@@ -474,7 +476,7 @@ def main(argv=None) -> int:
         return 0
     print("\n" + report(a, out))
     if not a.no_plots:
-        for png in [*plots(a, out), curves_figure(out)]:
+        for png in [*plots(a, out), curves_figure(out), curves_figure(out, "lm_loss")]:
             if png:
                 print(png)
     return 0
