@@ -302,7 +302,7 @@ def report(a, out: Path) -> str:
     except (OSError, IndexError):
         pass
     lines.append("| *paper, Table 5 (117M, BooksCorpus; x100)* |" + " |" * (len(tasks) + 3))
-    for s, (name, vals, avg8) in PAPER.items():
+    for name, vals, avg8 in PAPER.values():
         cells = [f"{vals[t]:.1f}" if t in vals else "n/a" for t in tasks]
         five = [vals[t] for t in ("cola", "sst2", "mrpc", "stsb", "rte")]
         lines.append(f"| paper: {name} | " + " | ".join(cells) + f" | (8 tasks: {avg8:.1f}) | {statistics.mean(five):.1f} | – |")
