@@ -100,3 +100,14 @@ def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_di
         accelerator.init_trackers(recipe.name)
     return Training(model, optimizer, train_loader, scheduler, checkpointer, state,
                     MetricsWriter(run_dir / "metrics.jsonl"), recipe_yaml)
+
+
+def finish(accelerator) -> None:
+    """End a run on every process: wait for the others, close trackers, and tear the process group down
+    before interpreter exit (left to exit, gloo's threads can abort a rank with "terminate called")."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -17,7 +17,7 @@ import yaml
 from gptune.config import Recipe, TaskConfig
 from gptune.console import console, is_main_process, say, summary_table, warn
 from gptune.errors import GptuneError
-from gptune.runners.common import RunSummary, open_run, prepare_training
+from gptune.runners.common import RunSummary, finish, open_run, prepare_training
 from gptune.tasks import TaskSpec, custom_task, get_task
 from gptune.training.checkpoint import TrainState
 from gptune.training.loop import StepOutput, train
@@ -302,8 +302,7 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
                             {"step": state.step, **final_metrics},
                             merge=recipe.lora.merge if merge is None else merge)
     metrics.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish(accelerator)
     summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
     summary_table(f"finetune {task.name} ({mode}) finished", summary.rows())
     return summary

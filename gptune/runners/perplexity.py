@@ -126,7 +126,9 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
         "tokens_per_second")})
     if json_path and accelerator.is_main_process:
         Path(json_path).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    accelerator.wait_for_everyone()
+    from gptune.runners.common import finish
+
+    finish(accelerator)
     return report
 
 

@@ -14,7 +14,7 @@ import torch
 from gptune.config import Recipe
 from gptune.console import say, summary_table
 from gptune.errors import GptuneError
-from gptune.runners.common import RunSummary, open_run, prepare_training
+from gptune.runners.common import RunSummary, finish, open_run, prepare_training
 from gptune.training.checkpoint import TrainState
 from gptune.training.loop import EpochSampler, StepOutput, train
 
@@ -192,8 +192,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         from gptune.plot import write_curves
 
         write_curves(run_dir)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish(accelerator)
     summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
     summary_table("pretrain finished", summary.rows())
     return summary
