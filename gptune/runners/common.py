@@ -111,3 +111,19 @@ def finish(accelerator) -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def publish_final(run_dir: Path, write, recipe_yaml: str, metrics: dict) -> Path:
+    """``final/`` written whole or not at all (main process): ``write(tmp)`` fills a temporary folder,
+    the recipe and metrics go beside it, then it is renamed into place."""
+    import os
+    import shutil
+
+    final, tmp = run_dir / "final", run_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final

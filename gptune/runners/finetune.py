@@ -4,9 +4,7 @@ Reads like a table of contents; each ``build_*`` / ``load_*`` builds one thing."
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,7 @@ import yaml
 from gptune.config import Recipe, TaskConfig
 from gptune.console import console, is_main_process, say, summary_table, warn
 from gptune.errors import GptuneError
-from gptune.runners.common import RunSummary, finish, open_run, prepare_training
+from gptune.runners.common import RunSummary, finish, open_run, prepare_training, publish_final
 from gptune.tasks import TaskSpec, custom_task, get_task
 from gptune.training.checkpoint import TrainState
 from gptune.training.loop import StepOutput, train
@@ -335,14 +333,12 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
     if accelerator.is_main_process:
         info = TaskModelInfo(task, recipe.task.input_style, recipe.task.max_length,
                              base_reference(recipe.model.name_or_path), recipe.lora.enabled, ids)
-        tmp = run_dir / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_task_model(inner, state_dict, tokenizer, info, tmp)
-        if merge and recipe.lora.enabled:
-            merge_lora(inner, tokenizer, info, tmp / "merged")
-        (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+
+        def write(tmp: Path) -> None:
+            save_task_model(inner, state_dict, tokenizer, info, tmp)
+            if merge and recipe.lora.enabled:
+                merge_lora(inner, tokenizer, info, tmp / "merged")
+
+        publish_final(run_dir, write, recipe_yaml, metrics)
     accelerator.wait_for_everyone()
     return final

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import torch
 from gptune.config import Recipe
 from gptune.console import say, summary_table
 from gptune.errors import GptuneError
-from gptune.runners.common import RunSummary, finish, open_run, prepare_training
+from gptune.runners.common import RunSummary, finish, open_run, prepare_training, publish_final
 from gptune.training.checkpoint import TrainState
 from gptune.training.loop import EpochSampler, StepOutput, train
 
@@ -122,15 +119,13 @@ def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, m
     lm = accelerator.unwrap_model(model).lm
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        tmp = run_dir / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
         inner = {k.removeprefix("lm."): v for k, v in state_dict.items()}
-        lm.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+
+        def write(tmp: Path) -> None:
+            lm.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+
+        publish_final(run_dir, write, recipe_yaml, metrics)
     accelerator.wait_for_everyone()
     return final
 
