@@ -154,7 +154,7 @@ def trainer_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_step
 
 def run(*, quick: bool, data: str | None = None, out_dir: Path | None = None, compile: bool = False) -> list[dict]:
     root = data_root(data)
-    warm, steps, rounds = (2, 3, 3) if quick else (2, 4, 5)
+    warm, steps, rounds = (2, 3, 3) if quick else (2, 8, 6)
     total = warm + steps * rounds + 1  # +1: an untimed last step, so the timed ones end before the final save
     work = Path(tempfile.mkdtemp(prefix="gptune-bench-pretrain-"))
     corpus = _corpus(root, work)
