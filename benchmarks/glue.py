@@ -169,7 +169,8 @@ def run_task(task: str, *, quick: bool, root: Path, work: Path, log_dir: Path, m
     target = {"sst2": ">= 3x", "rte": ">= 1.5x"}[task]
     pr = r[f"{peer} {task}"]
     full05, full0, lora = (r[f"gptune {task} {n}"] for n in names)
-    pooled = {w.name: sum(map(len, windows[w.name])) * BATCH / sum(map(sum, windows[w.name])) for w in workers}
+    # one window of every timed batch: all examples over all seconds
+    pooled = {w.name: rates([[t for win in windows[w.name] for t in win]], BATCH).median for w in workers}
     like = f"gptune {task} full, lm_coef 0"
     rows = [
         row(f"GLUE {task}", "examples/s, lm_coef 0 (like-for-like)", full0, pr, peer, target=target, digits=1,

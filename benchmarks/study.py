@@ -491,14 +491,10 @@ def main(argv=None) -> int:
             model = str(random_dir) if SETTINGS[setting]["model"] == "random" else str(pretrained)
             run_one(a, setting, task, seed, planned_steps(rows[task], a), model, out)
 
-        if a.jobs > 1:
-            from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(a.jobs) as pool:  # each worker thread waits on its own gptune process
-                list(pool.map(one, todo))
-        else:
-            for item in todo:
-                one(item)
+        with ThreadPoolExecutor(a.jobs) as pool:  # each worker thread waits on its own gptune process, in plan order
+            list(pool.map(one, todo))
     if a.dry_run:
         return 0
     print("\n" + report(a, out))
