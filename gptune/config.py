@@ -128,8 +128,10 @@ class TrainConfig:
     """Optimisation: one Accelerate loop for pretraining and fine-tuning."""
 
     max_steps: int | None = None
-    """Optimizer steps to run. Absent: ``train.epochs`` passes over the data. Raising it on
-    ``--resume`` extends a finished run."""
+    """Optimizer steps to run. Absent: ``train.epochs`` passes over the data. Changing it on
+    ``--resume`` extends (or shortens) the run with the lr continuous at the resume step: the warmup
+    keeps its number of steps and, past it, the decay is re-planned from the current lr to its floor at
+    the new total (a finished cosine run continues at ``lr * min_lr_ratio``)."""
     epochs: float | None = None
     """Passes over the training data when ``train.max_steps`` is absent."""
     micro_batch_size: int = 8
@@ -164,7 +166,8 @@ class TrainConfig:
     eval_batches: int | None = 50
     """Cap on validation batches per periodic evaluation (absent: the whole split)."""
     save_every: int = 500
-    """Write a resumable checkpoint every N optimizer steps (0: only at the end and on interrupt)."""
+    """Write a resumable checkpoint every N optimizer steps (0: only at the end and on interrupt);
+    every run ends with one, so it can be extended with ``--resume``."""
     keep_last: int = 2
     """Keep this many step checkpoints; older ones are deleted."""
     log_every: int = 10

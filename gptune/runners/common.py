@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from gptune.training.checkpoint import (
     TrainState,
     check_compatible,
     prepare_run_dir,
+    read_state,
     resolve_resume,
     write_atomic,
 )
@@ -81,12 +83,18 @@ def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_di
                      command: str) -> Training:
     """Optimizer, schedule (planned on the prepared loader), one ``accelerator.prepare``, checkpointer,
     and -- when resuming -- the restored state with the metrics log cut back to the checkpoint."""
-    from gptune.training.optim import build_optimizer, build_scheduler
+    from gptune.training.optim import LrPlan, build_optimizer, build_scheduler, plan_lr
 
     optimizer = build_optimizer(model, recipe.train)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     total = plan_steps(recipe.train, len(train_loader), accelerator.gradient_accumulation_steps)
-    scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, total))
+    saved = read_state(ckpt) if ckpt is not None else None
+    if saved is None:
+        plan = plan_lr(recipe.train, total)
+    else:  # the checkpoint's plan (older checkpoints: the first plan of their total), extended if need be
+        previous = LrPlan(**saved.lr_plan) if saved.lr_plan else plan_lr(recipe.train, saved.total_steps)
+        plan = plan_lr(recipe.train, total, previous, saved.step)
+    scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, plan))
     recipe_yaml = recipe.to_yaml(recipe_header(command))
     checkpointer = Checkpointer(accelerator, run_dir, recipe.train.keep_last, recipe_yaml)
     state = TrainState(total_steps=total)
@@ -96,6 +104,8 @@ def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_di
         say(f"  resumed from {ckpt} at step {state.step} of {total}")
         if accelerator.is_main_process:
             truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    state.lr_plan = dataclasses.asdict(plan)
+    state.processes = accelerator.num_processes
     if recipe.train.tracker != "none":
         accelerator.init_trackers(recipe.name)
     return Training(model, optimizer, train_loader, scheduler, checkpointer, state,

@@ -293,8 +293,7 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
                   loader=t.loader, cfg=recipe.train, state=t.state, step_fn=task_step, evaluate_fn=evaluate_fn,
                   checkpointer=t.checkpointer, metrics=metrics, on_epoch_end=on_epoch_end,
                   description=f"finetune {task.name}")
-    if recipe.train.save_every and state.step % recipe.train.save_every:
-        t.checkpointer.save(state)
+    t.checkpointer.save_unless_saved(state)  # every run ends with a resumable checkpoint
     final_metrics = evaluate_fn(state)
     final = save_final_task(accelerator, model, tokenizer, recipe, task, ids, run_dir, t.recipe_yaml,
                             {"step": state.step, **final_metrics},

@@ -174,8 +174,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     state = train(accelerator=accelerator, model=model, optimizer=t.optimizer, scheduler=t.scheduler,
                   loader=t.loader, cfg=recipe.train, state=t.state, step_fn=lm_step,
                   evaluate_fn=evaluate_fn, checkpointer=t.checkpointer, metrics=metrics, description="pretrain")
-    if recipe.train.save_every and state.step % recipe.train.save_every:
-        t.checkpointer.save(state)
+    t.checkpointer.save_unless_saved(state)  # every run ends with a resumable checkpoint
     final_metrics = {}
     if val_loader is not None:
         final_metrics = evaluate_lm(accelerator, model, val_loader, None)
