@@ -399,9 +399,50 @@ def test_default_model_is_newest_pretrain_run_else_hub_and_offline_says_pass_mod
     import shutil
 
     shutil.rmtree(workdir / "runs")
-    monkeypatch.setattr(ft, "hub_reachable", lambda timeout=3.0: False)
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets when huggingface_hub loads
     code, out = _cli(capsys, "finetune", "--task", "rte", "--data-dir", str(workdir))
     assert code == 2 and "pass --model DIR" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_hub_check_asks_through_the_hub_client_and_its_proxy(monkeypatch):
+    """Behind a proxy the hub is reachable although its host does not resolve here; HF_HUB_OFFLINE asks nothing."""
+    import http.server
+    import threading
+
+    import huggingface_hub.constants as hc
+    from huggingface_hub.utils import close_session
+
+    from gptune.runners.finetune import hub_reachable
+
+    seen = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            seen.append(self.path)  # a forward proxy is sent the absolute URL
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(hc, "ENDPOINT", "http://hub.invalid")  # .invalid never resolves (RFC 2606)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    close_session()  # the hub client reads the proxy variables when it is created
+    try:
+        assert hub_reachable(timeout=10)
+        assert seen == ["http://hub.invalid/"]
+        monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+        assert not hub_reachable() and len(seen) == 1
+    finally:
+        close_session()
+        server.shutdown()
 
 
 def test_mnli_scores_matched_and_mismatched(workdir, tiny_model_dir, tmp_path):

@@ -49,18 +49,19 @@ def default_model() -> str:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick look (DNS + TCP connect) before asking the hub, whose client retries for ~50 s offline."""
-    import socket
-    from urllib.parse import urlparse
+    """One quick request through huggingface_hub's own client before asking the hub for files (its
+    downloads retry for ~50 s offline). The client applies what every download does: HF_HUB_OFFLINE
+    (no request at all), HF_ENDPOINT and the HTTPS_PROXY / HTTP_PROXY / NO_PROXY variables."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
 
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if constants.is_offline_mode():
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # noqa: BLE001 - offline mode, DNS, proxy, TLS, timeout: all mean "not reachable now"
         return False
+    return True
 
 
 def _hub_cached(repo: str) -> bool:
