@@ -278,6 +278,10 @@ class TaskConfig:
     run_glue-style concatenation, head on the last token (for ablations)."""
     eval_every_epoch: bool = True
     """Evaluate on the dev split(s) after every epoch."""
+    keep_best: bool = False
+    """``final/`` holds the weights of the best evaluation by the task's main metric (higher is better; with
+    several dev splits, the first one's), not the last step's. Each new best is written to ``best/``
+    during the run and becomes ``final/`` at the end."""
 
     def _checks(self):
         if self.lm_coef < 0:

@@ -47,7 +47,7 @@ class TaskSpec:
     metrics: tuple[str, ...]
     """Metric names reported on eval splits (see `METRICS`)."""
     main_metric: str
-    """The metric that picks the best checkpoint and heads the summary; one of `metrics`."""
+    """The metric `task.keep_best` ranks evaluations by (higher is better) and that heads the summary; one of `metrics`."""
     splits: dict[str, str]
     """Split name -> file, relative to the task folder (GLUE) or an absolute path (custom)."""
     eval_splits: tuple[str, ...] = ("validation",)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from gptune.cli import main
 from gptune.config import LoraConfig, build_recipe, read_recipe_file
@@ -258,6 +259,27 @@ def test_full_finetune_learns_and_round_trips(workdir, tiny_model_dir, glue_dir)
     assert {"config.json", "model.safetensors", "clf_head.safetensors"} <= {p.name for p in summary.final_dir.iterdir()}
     assert run_task_eval(str(summary.final_dir), task="sst2", data_dir=glue_dir)["validation"] == {
         "accuracy": summary.metrics["accuracy"]}
+
+
+def test_keep_best_puts_the_best_evaluations_weights_in_final(workdir, tiny_model_dir, glue_dir, monkeypatch):
+    """Scripted scores (0.5 at step 2, 0.9 at step 4, 0.6 at the end): final/ must hold step 4's weights."""
+    import gptune.evaluation.glue as ev
+    from gptune.runners.finetune import run_finetune
+
+    scores = iter([0.5, 0.9, 0.6])
+    monkeypatch.setattr(ev, "evaluate_splits", lambda *a: {"validation": {"accuracy": next(scores)}})
+    summary = run_finetune(_recipe(tiny_model_dir, glue_dir, lora=False, sets=[
+        "train.max_steps=6", "train.eval_every=2", "train.save_every=2", "train.keep_last=5",
+        "task.eval_every_epoch=false", "task.keep_best=true"]))
+    run = summary.run_dir
+    assert json.loads((run / "final" / "metrics.json").read_text()) == {"step": 4, "accuracy": 0.9}
+    assert summary.metrics == {"accuracy": 0.9, "best_step": 4} and not (run / "best").exists()
+    final = load_file(run / "final" / "model.safetensors")
+    for step, same in ((4, True), (6, False)):
+        ckpt = load_file(run / f"step-{step:06d}" / "model.safetensors")
+        assert all(torch.equal(final[k], ckpt["lm." + k]) for k in final) is same, step
+    head = load_file(run / "final" / "clf_head.safetensors")
+    assert torch.equal(head["weight"], load_file(run / "step-000004" / "model.safetensors")["clf_head.weight"])
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(workdir, tiny_model_dir, glue_dir, monkeypatch):

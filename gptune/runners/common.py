@@ -123,17 +123,32 @@ def finish(accelerator) -> None:
         dist.destroy_process_group()
 
 
-def publish_final(run_dir: Path, write, recipe_yaml: str, metrics: dict) -> Path:
-    """``final/`` written whole or not at all (main process): ``write(tmp)`` fills a temporary folder,
-    the recipe and metrics go beside it, then it is renamed into place."""
+def publish_final(run_dir: Path, write, recipe_yaml: str, metrics: dict, name: str = "final") -> Path:
+    """``final/`` (or ``name``) written whole or not at all (main process): ``write(tmp)`` fills a
+    temporary folder, the recipe and metrics go beside it, then it is renamed into place."""
     import os
     import shutil
 
-    final, tmp = run_dir / "final", run_dir / ".tmp-final"
+    final, tmp = run_dir / name, run_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
     (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    return final
+
+
+def promote_best(accelerator, run_dir: Path) -> Path:
+    """``task.keep_best``: the best evaluation's folder (``best/``) becomes ``final/``."""
+    import os
+    import shutil
+
+    final = run_dir / "final"
+    accelerator.wait_for_everyone()
+    # no best/ folder: this run was resumed after it had ended, and final/ already holds its best
+    if accelerator.is_main_process and (run_dir / "best").is_dir():
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(run_dir / "best", final)
+    accelerator.wait_for_everyone()
     return final

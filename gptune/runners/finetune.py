@@ -15,7 +15,7 @@ import yaml
 from gptune.config import Recipe, TaskConfig
 from gptune.console import console, is_main_process, say, summary_table, warn
 from gptune.errors import GptuneError
-from gptune.runners.common import RunSummary, finish, open_run, prepare_training, publish_final
+from gptune.runners.common import RunSummary, finish, open_run, prepare_training, promote_best, publish_final
 from gptune.tasks import TaskSpec, custom_task, get_task
 from gptune.training.checkpoint import TrainState
 from gptune.training.loop import StepOutput, train
@@ -284,7 +284,18 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         out = flat_metrics(evaluate_splits(accelerator, model, eval_loaders, task))
         metrics.write("eval", step=st.step, epoch=st.epoch, **out)
         say(f"  eval step {st.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
+        if recipe.task.keep_best:
+            keep_if_best(st, out)
         return out
+
+    def keep_if_best(st: TrainState, out: dict) -> None:
+        key = task.main_metric if len(eval_loaders) == 1 else f"{next(iter(eval_loaders))}/{task.main_metric}"
+        if st.best and out[key] <= st.best["value"]:
+            return
+        st.best = {"step": st.step, "metric": key, "value": out[key], "metrics": out}
+        save_final_task(accelerator, model, tokenizer, recipe, task, ids, run_dir, t.recipe_yaml,
+                        {"step": st.step, **out}, merge=recipe.lora.merge if merge is None else merge, name="best")
+        say(f"  best {key} so far ({out[key]:.4f}): kept in {run_dir / 'best'}")
 
     def on_epoch_end(st: TrainState) -> None:
         if recipe.task.eval_every_epoch and st.step < st.total_steps:
@@ -296,9 +307,13 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
                   description=f"finetune {task.name}")
     t.checkpointer.save_unless_saved(state)  # every run ends with a resumable checkpoint
     final_metrics = evaluate_fn(state)
-    final = save_final_task(accelerator, model, tokenizer, recipe, task, ids, run_dir, t.recipe_yaml,
-                            {"step": state.step, **final_metrics},
-                            merge=recipe.lora.merge if merge is None else merge)
+    if recipe.task.keep_best and state.best:
+        final = promote_best(accelerator, run_dir)
+        final_metrics = {**state.best["metrics"], "best_step": state.best["step"]}
+    else:
+        final = save_final_task(accelerator, model, tokenizer, recipe, task, ids, run_dir, t.recipe_yaml,
+                                {"step": state.step, **final_metrics},
+                                merge=recipe.lora.merge if merge is None else merge)
     metrics.close()
     finish(accelerator)
     summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
@@ -321,12 +336,12 @@ def _data_where(task: TaskSpec, data_dir: str | None) -> str:
 
 
 def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpec, ids, run_dir: Path,
-                    recipe_yaml: str, metrics: dict, *, merge: bool = False) -> Path:
+                    recipe_yaml: str, metrics: dict, *, merge: bool = False, name: str = "final") -> Path:
     """``final/``: adapter or full model + tokenizer + task.json + metrics.json + recipe.yaml
     (``final/merged``: the LoRA folded in). Written to a temporary folder, then renamed."""
     from gptune.modeling.task_io import TaskModelInfo, base_reference, merge_lora, save_task_model
 
-    final = run_dir / "final"
+    final = run_dir / name
     accelerator.wait_for_everyone()
     inner = accelerator.unwrap_model(model)
     state_dict = None if recipe.lora.enabled else accelerator.get_state_dict(model)
@@ -339,6 +354,6 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
             if merge and recipe.lora.enabled:
                 merge_lora(inner, tokenizer, info, tmp / "merged")
 
-        publish_final(run_dir, write, recipe_yaml, metrics)
+        publish_final(run_dir, write, recipe_yaml, metrics, name)
     accelerator.wait_for_everyone()
     return final

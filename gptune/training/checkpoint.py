@@ -47,6 +47,8 @@ class TrainState:
     """Batches skipped because their loss was not finite."""
     history: dict = field(default_factory=dict)
     """Last evaluation metrics."""
+    best: dict = field(default_factory=dict)
+    """``task.keep_best``: step, metric, value and metrics of the best evaluation so far."""
     lr_plan: dict = field(default_factory=dict)
     """The learning-rate plan (``training.optim.LrPlan``) the run follows; empty in older checkpoints."""
     processes: int = 0
