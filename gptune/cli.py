@@ -191,12 +191,20 @@ def eval_(
                      json_path=json_path)
         return
     if glue:
-        from gptune.runners.evaluate import run_glue_eval
+        from gptune.runners.finetune import run_glue_eval
 
         run_glue_eval(_model_or_default(model), data_dir=data_dir, lora=lora, sets=set_)
         return
     if model is None:
         raise GptuneError("eval --task: pass --model RUN/final (a folder written by gptune finetune)")
+    from gptune.modeling.task_io import is_task_model
+
+    if not is_task_model(model):  # a plain LM: fine-tune it on the task first (LoRA), then score that
+        if task is None:
+            raise GptuneError(f"--model {model}: not a task model; pass --task to fine-tune it on one first")
+        from gptune.runners.finetune import finetune_for_eval
+
+        model = str(finetune_for_eval(task, model, data_dir, lora=True).final_dir)
     from gptune.runners.evaluate import run_task_eval
 
     run_task_eval(model, task=task, data_dir=data_dir, split=split)

@@ -89,10 +89,10 @@ def _task_model(model_dir, task, tokenizer, lm_coef=0.5):
     return GPT1TaskModel(lm, task, lm_coef=lm_coef, clf_dropout=0.0).eval()
 
 
-def _batch(task, rows, tokenizer, ids, max_length=64, style="gpt1"):
-    cols = encode_rows(task, rows, tokenizer, style=style, ids=ids, max_length=max_length)
+def _batch(task, rows, tokenizer, special_ids, max_length=64, style="gpt1"):
+    cols = encode_rows(task, rows, tokenizer, style=style, special_ids=special_ids, max_length=max_length)
     items = [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
-    return TaskCollator(0, ids.end if style == "gpt1" else None, task.is_regression)(items)
+    return TaskCollator(0, special_ids.extract if style == "gpt1" else None, task.is_regression)(items)
 
 
 MC = custom_task("mc", "multiple_choice", ["ctx", "a0", "a1", "a2"], "label", ["0", "1", "2"], {"train": "x.tsv"})
@@ -100,9 +100,9 @@ MC = custom_task("mc", "multiple_choice", ["ctx", "a0", "a1", "a2"], "label", ["
 
 # ----------------------------------------------------------------------------- layouts reaching the model
 def test_token_layouts_for_every_kind_with_truncation(tok):
-    tokenizer, ids = tok
+    tokenizer, special_ids = tok
     enc = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    s, d, e = ids.start, ids.delim, ids.end
+    s, d, e = special_ids.start, special_ids.delim, special_ids.extract
     a, b = enc("the cat sat on the mat"), enc("a dog ran")
     cases = [
         (get_task("sst2"), {"sentence": "the cat sat on the mat"}, [[s, *a, e]]),
@@ -113,7 +113,7 @@ def test_token_layouts_for_every_kind_with_truncation(tok):
          [[s, *a, d, *b, e], [s, *a, d, *enc("the"), e], [s, *a, d, *b, e]]),
     ]
     for task, row, expected in cases:
-        batch = _batch(task, [{**row, "label": 0, "idx": 0}], tokenizer, ids)
+        batch = _batch(task, [{**row, "label": 0, "idx": 0}], tokenizer, special_ids)
         width = max(len(x) for x in expected)
         padded = [x + [0] * (width - len(x)) for x in expected]
         assert batch["input_ids"][0].tolist() == padded, task.name
@@ -121,26 +121,26 @@ def test_token_layouts_for_every_kind_with_truncation(tok):
         assert batch["attention_mask"][0].sum(-1).tolist() == [len(x) for x in expected]
     # truncation: the longer segment loses tokens from its end, the extract token stays last
     batch = _batch(get_task("rte"), [{"sentence1": "the cat sat on the mat", "sentence2": "a dog ran",
-                                      "label": 0, "idx": 0}], tokenizer, ids, max_length=3 + len(a) + len(b) - 2)
+                                      "label": 0, "idx": 0}], tokenizer, special_ids, max_length=3 + len(a) + len(b) - 2)
     assert len(a) > len(b) + 2
     assert batch["input_ids"][0, 0].tolist() == [s, *a[:-2], d, *b, e]
     # plain style: no markers, pooled at the last real token
     plain = _batch(get_task("rte"), [{"sentence1": "the cat", "sentence2": "a dog ran", "label": 0, "idx": 0},
                                      {"sentence1": "a", "sentence2": "b", "label": 1, "idx": 1}],
-                   tokenizer, ids, style="plain")
+                   tokenizer, special_ids, style="plain")
     eos = tokenizer.eos_token_id
     assert plain["input_ids"][0, 0].tolist() == [*enc("the cat"), *b, eos]
     assert plain["extract_pos"][:, 0].tolist() == [len(enc("the cat")) + len(b), len(enc("a")) + len(enc("b"))]
 
 
 def test_similarity_is_symmetric_by_construction(tok, tiny_model_dir):
-    tokenizer, ids = tok
+    tokenizer, special_ids = tok
     task = get_task("mrpc")
     model = _task_model(tiny_model_dir, task, tokenizer)
     ab = _batch(task, [{"sentence1": "the cat sat on the mat", "sentence2": "a dog ran", "label": 1, "idx": 0}],
-                tokenizer, ids)
+                tokenizer, special_ids)
     ba = _batch(task, [{"sentence1": "a dog ran", "sentence2": "the cat sat on the mat", "label": 1, "idx": 0}],
-                tokenizer, ids)
+                tokenizer, special_ids)
     with torch.no_grad():
         la, lb = model(**ab)["logits"], model(**ba)["logits"]
     assert la.shape == (1, 2)
@@ -148,10 +148,10 @@ def test_similarity_is_symmetric_by_construction(tok, tiny_model_dir):
 
 
 def test_multiple_choice_softmax_over_candidates_and_lm_coef_zero(tok, tiny_model_dir):
-    tokenizer, ids = tok
+    tokenizer, special_ids = tok
     rows = [{"ctx": "the cat sat", "a0": "on the mat", "a1": "a dog", "a2": "ran", "label": 2, "idx": 0},
             {"ctx": "a king", "a0": "saw a tree", "a1": "the", "a2": "big red house", "label": 0, "idx": 1}]
-    batch = _batch(MC, rows, tokenizer, ids)
+    batch = _batch(MC, rows, tokenizer, special_ids)
     model = _task_model(tiny_model_dir, MC, tokenizer, lm_coef=0.0)
     assert batch["labels"].tolist() == [2, 0]
     out = model(**batch)
@@ -170,9 +170,9 @@ def test_multiple_choice_softmax_over_candidates_and_lm_coef_zero(tok, tiny_mode
 def test_lora_trainable_set_is_exact_and_gradients_reach_head_and_new_rows(tok, tiny_model_dir):
     from gptune.modeling.lora import apply_lora, trainable_names
 
-    tokenizer, ids = tok
+    tokenizer, special_ids = tok
     task = get_task("rte")
-    model = apply_lora(_task_model(tiny_model_dir, task, tokenizer), LoraConfig(), [ids.start, ids.delim, ids.end])
+    model = apply_lora(_task_model(tiny_model_dir, task, tokenizer), LoraConfig(), [special_ids.start, special_ids.delim, special_ids.extract])
     pre = "base_model.model."
     expected = {f"{pre}clf_head.modules_to_save.default.weight", f"{pre}clf_head.modules_to_save.default.bias",
                 f"{pre}lm.transformer.wte.token_adapter.trainable_tokens_delta.default"}
@@ -182,7 +182,7 @@ def test_lora_trainable_set_is_exact_and_gradients_reach_head_and_new_rows(tok, 
                 expected.add(f"{pre}lm.transformer.h.{layer}.{mod}.lora_{ab}.default.weight")
     assert trainable_names(model) == expected
     model.train()
-    batch = _batch(task, [{"sentence1": "the cat", "sentence2": "a dog", "label": 0, "idx": 0}], tokenizer, ids)
+    batch = _batch(task, [{"sentence1": "the cat", "sentence2": "a dog", "label": 0, "idx": 0}], tokenizer, special_ids)
     model(**batch)["loss"].backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert set(grads) <= expected
@@ -387,7 +387,8 @@ def test_bad_input_is_one_line_exit_2(case, workdir, tiny_model_dir, capsys):
 
 
 def test_custom_task_from_recipe(workdir, tiny_model_dir):
-    from gptune.runners.finetune import build_task_spec, run_finetune
+    from gptune.runners.finetune import run_finetune
+    from gptune.tasks import build_task_spec
 
     rows = [{"q": f"{_sentence(random.Random(i), 'dog')}", "y": "yes" if i % 2 else "no"} for i in range(20)]
     (workdir / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -15,13 +15,11 @@ from transformers import (
     OpenAIGPTLMHeadModel,
 )
 
+from gptune.data.eval_text import encode_text, join_documents, load_eval_text
 from gptune.errors import GptuneError
 from gptune.evaluation import perplexity as ppl
 from gptune.evaluation.perplexity import (
     NllResult,
-    encode_text,
-    join_documents,
-    load_eval_text,
     perplexity_report,
     plan_windows,
     resolve_windowing,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gptune.config import ModelConfig
-from gptune.errors import GptuneError
+from gptune.errors import GptuneError, first_line
 
 ARCHS = {"gpt2", "openai-gpt"}
 
@@ -87,15 +87,10 @@ def load_pretrained_lm(spec: str, *, trust_remote_code: bool = False, field: str
     except OSError as e:
         if not local:
             raise GptuneError(f"{field}: cannot load '{spec}' from the Hugging Face hub "
-                              f"({_first_line(e)}); {_offline_hint(field)}") from None
-        raise GptuneError(f"{field}: cannot load a model from {spec}: {_first_line(e)}") from None
+                              f"({first_line(e)}); {_offline_hint(field)}") from None
+        raise GptuneError(f"{field}: cannot load a model from {spec}: {first_line(e)}") from None
     except ValueError as e:
-        raise GptuneError(f"{field}: {spec} is not a causal-LM model: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        raise GptuneError(f"{field}: {spec} is not a causal-LM model: {first_line(e)}") from None
 
 
 def fit_tokenizer(model, tokenizer, *, source: str = "the model") -> None:
@@ -133,11 +128,14 @@ def body_and_head(model) -> tuple[nn.Module, nn.Module]:
     return body, inner.get_output_embeddings()
 
 
-def context_length(config) -> int:
+def context_length(config) -> int | None:
+    """Longest input the model accepts (GPT-2 and GPT-1 call it ``n_positions``); None when the config
+    does not say."""
     for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
-    return 1024
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

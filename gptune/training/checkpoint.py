@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gptune.config import Recipe, recipe_diff
-from gptune.errors import GptuneError
+from gptune.errors import GptuneError, first_line
 
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
@@ -94,6 +94,28 @@ def find_latest(run_dir: Path) -> Path | None:
             return cand
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def newest_final(root: Path = Path("runs"), *, pretrained_only: bool = False) -> Path | None:
+    """The newest ``final/`` under ``root`` written by gptune (its recipe.yaml beside it); with
+    ``pretrained_only``, the newest written by ``gptune pretrain`` (a model whose recipe has no task)."""
+    import yaml
+
+    found = []
+    for final in Path(root).glob("**/final"):
+        if not (final / "recipe.yaml").is_file():
+            continue
+        if pretrained_only:
+            if not (final / "config.json").is_file() or (final / "task.json").exists():
+                continue
+            try:
+                saved = yaml.safe_load((final / "recipe.yaml").read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            if (saved.get("task") or {}).get("name"):
+                continue
+        found.append((final.stat().st_mtime, final))
+    return max(found)[1] if found else None
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
@@ -213,7 +235,7 @@ class Checkpointer:
             self.saved_step = saved.step
             return saved
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise GptuneError(f"--resume {ckpt}: cannot load this checkpoint safely ({type(e).__name__}: "
                               f"{first[:200]}); resume from an earlier step-*/ folder") from None
         except Exception as e:  # pickle.UnpicklingError and friends from a tampered file

@@ -1,9 +1,10 @@
-"""What every runner shares: the run folder, the Accelerator, and the training state around the loop."""
+"""A training run around the loop, as every runner opens and closes one: the run folder, the Accelerator,
+the optimizer and schedule, the restored state, ``final/``."""
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
