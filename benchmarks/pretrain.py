@@ -68,7 +68,7 @@ def gptune_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_steps
     import torch
 
     import gptune.runners.pretrain as rp
-    from gptune.config import build_recipe
+    from gptune.recipes import build_recipe
 
     torch.manual_seed(0)
     step = rp.lm_step

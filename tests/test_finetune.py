@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from gptune.cli import main
-from gptune.config import LoraConfig, build_recipe, read_recipe_file
+from gptune.config import LoraConfig
 from gptune.data.collate import LengthGroupedSampler, TaskCollator
 from gptune.data.features import encode_rows
 from gptune.errors import GptuneError
+from gptune.recipes import build_recipe, read_recipe_file
 from gptune.tasks import custom_task, get_task
 
 WORDS = "the a cat dog sat on mat ran to house big small red blue saw old man woman king tree".split()

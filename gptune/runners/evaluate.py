@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptune.config import Recipe, build_recipe
+from gptune.config import Recipe
 from gptune.console import console, is_main_process, say
 from gptune.errors import GptuneError
+from gptune.recipes import build_recipe
 from gptune.tasks import TaskSpec
 
 

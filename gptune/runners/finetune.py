@@ -7,9 +7,10 @@ import dataclasses
 import time
 from pathlib import Path
 
-from gptune.config import Recipe, build_recipe, read_recipe_file
+from gptune.config import Recipe
 from gptune.console import console, is_main_process, say, summary_table
 from gptune.errors import GptuneError
+from gptune.recipes import build_recipe, read_recipe_file
 from gptune.tasks import GLUE_TASKS, TaskSpec, build_task_spec
 from gptune.training.checkpoint import TrainState, newest_final
 from gptune.training.loop import StepOutput, train

@@ -53,8 +53,8 @@ def run_validation_text(recipe: dict, tokenizer) -> tuple[str, str]:
     """
     task = (recipe.get("task") or {}).get("name")
     if task:
-        from gptune.config import build_recipe
         from gptune.data.glue import load_task_split
+        from gptune.recipes import build_recipe
         from gptune.tasks import build_task_spec
 
         r = build_recipe(recipe)

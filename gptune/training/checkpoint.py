@@ -15,8 +15,9 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gptune.config import Recipe, recipe_diff
+from gptune.config import Recipe
 from gptune.errors import GptuneError, first_line
+from gptune.recipes import recipe_diff
 
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
