@@ -32,7 +32,7 @@ _HEAD_SPLIT_ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 # (tokens x vocab) logits are never materialised whole. Linear heads: an (N, k) block of logits at a time,
-# k = _LOGIT_BLOCK_ELEMENTS // N (4 MB: cache-sized; 2 MB-8 MB measured alike on 2 EPYC cores), at most
+# k = _LOGIT_BLOCK_ELEMENTS // N (4 MB: cache-sized; benchmarks/NOTES-ppl.md), at most
 # _HEAD_MAX_ROWS rows per pass over W. Other heads: _ROWWISE_CHUNK full-vocabulary rows at a time.
 _LOGIT_BLOCK_ELEMENTS = 1 << 20
 _HEAD_MAX_ROWS = 2048

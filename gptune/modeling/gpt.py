@@ -11,8 +11,6 @@ from torch import nn
 from gptune.config import ModelConfig
 from gptune.errors import GptuneError, first_line
 
-ARCHS = {"gpt2", "openai-gpt"}
-
 
 def is_local(spec: str) -> bool:
     return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~"))
@@ -152,9 +150,8 @@ def set_threads() -> None:
 def use_fused_gelu(model: nn.Module) -> int:
     """Swap GPT-2's ``gelu_new`` modules (``NewGELUActivation``: seven elementwise ops in Python, each
     keeping its output for backward) for ``GELUTanh`` (``F.gelu(approximate="tanh")``: one fused kernel).
-    Same formula, rounding differs by ~2e-7; on 2 CPU cores it cuts the MLP activation from ~1.0 s to
-    ~0.2 s per 6-layer step of 2048 tokens (benchmarks/NOTES.md). Only modules change: the saved config
-    still says ``gelu_new``. Returns how many modules were swapped."""
+    Same formula, rounding differs by ~2e-7 (timings: benchmarks/NOTES.md, attempt 6). Only modules
+    change: the saved config still says ``gelu_new``. Returns how many modules were swapped."""
     from transformers.activations import GELUTanh, NewGELUActivation
 
     swapped = 0
