@@ -338,6 +338,12 @@ def test_cli_finetune_eval_and_ppl_routing(workdir, tiny_model_dir, glue_dir, ca
     assert "('json_path', 'o.json')" in out.out and "('stride', 8)" in out.out
 
 
+def test_eval_of_a_plain_lm_without_a_task_says_to_pass_one(workdir, tiny_model_dir, capsys):
+    code, out = _cli(capsys, "eval", "--model", tiny_model_dir)
+    assert code == 2 and out.err.count("\n") == 1
+    assert f"--model {tiny_model_dir}: not a task model; pass --task" in out.err
+
+
 def test_lora_flag_picks_lora_lr_unless_lr_is_set(workdir, monkeypatch, capsys):
     import gptune.runners.finetune as ft
 
