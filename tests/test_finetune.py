@@ -267,11 +267,12 @@ def test_keep_best_puts_the_best_evaluations_weights_in_final(workdir, tiny_mode
     import gptune.evaluation.glue as ev
     from gptune.runners.finetune import run_finetune
 
-    scores = iter([0.5, 0.9, 0.6])
+    scores = iter([0.5, 0.9, 0.6, 0.6])
     monkeypatch.setattr(ev, "evaluate_splits", lambda *a: {"validation": {"accuracy": next(scores)}})
-    summary = run_finetune(_recipe(tiny_model_dir, glue_dir, lora=False, sets=[
+    recipe = _recipe(tiny_model_dir, glue_dir, lora=False, sets=[
         "train.max_steps=6", "train.eval_every=2", "train.save_every=2", "train.keep_last=5",
-        "task.eval_every_epoch=false", "task.keep_best=true"]))
+        "task.eval_every_epoch=false", "task.keep_best=true"])
+    summary = run_finetune(recipe)
     run = summary.run_dir
     assert json.loads((run / "final" / "metrics.json").read_text()) == {"step": 4, "accuracy": 0.9}
     assert summary.metrics == {"accuracy": 0.9, "best_step": 4} and not (run / "best").exists()
@@ -281,6 +282,9 @@ def test_keep_best_puts_the_best_evaluations_weights_in_final(workdir, tiny_mode
         assert all(torch.equal(final[k], ckpt["lm." + k]) for k in final) is same, step
     head = load_file(run / "final" / "clf_head.safetensors")
     assert torch.equal(head["weight"], load_file(run / "step-000004" / "model.safetensors")["clf_head.weight"])
+    # resuming the finished run evaluates again (0.6, no better): final/ keeps step 4's weights
+    assert run_finetune(recipe, resume="auto").metrics == {"accuracy": 0.9, "best_step": 4}
+    assert json.loads((run / "final" / "metrics.json").read_text()) == {"step": 4, "accuracy": 0.9}
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(workdir, tiny_model_dir, glue_dir, monkeypatch):
