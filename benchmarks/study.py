@@ -424,7 +424,7 @@ def finetune_job(a, *, phase: str, key: str, task: str, setting: str, variant: s
             rec["predict_wall_s"] = round(pwall, 1)
         return rec
     return Job(key, run_it, f"{phase} {setting} {task} {variant} pre {pre_seed} seed {seed}{tag} lr {lr:g}",
-               steps=steps, cost_key=(setting, task))
+               steps=steps, cost_key=(setting, task, variant))
 
 
 def selected_lr(a, records: Records, variant: str, setting: str, task: str) -> tuple[float, str]:
