@@ -116,7 +116,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per run")
     p.add_argument("--deadline", default=None, help="UTC HH:MM after which no new run starts")
     p.add_argument("--estimate", action="store_true", help="print the planned runs and CPU time; run nothing")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the planned runs, run nothing")
     p.add_argument("--in-process", action="store_true", help="run gptune in this process (tests; one job)")
     p.add_argument("--quick", action="store_true",
                    help="tiny shapes through every phase into OUT/quick (64-row task slices, a 2-layer model)")
@@ -349,9 +349,18 @@ def pretrain_job(a, variant: str, seed: int) -> Job:
     return Job(f"pretrain/{variant}-p{seed}", run_it, f"pretrain {variant} seed {seed}", cost_key=("pretrain", variant))
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def random_init_model(a, variant: str, seed: int) -> Path:
     """Setting (c): the pretrained model's config (from the pretraining run of the same seed) and tokenizer,
-    weights from ``from_config`` after ``torch.manual_seed(seed)`` (HF init)."""
+    weights from ``from_config`` after ``torch.manual_seed(seed)`` (HF init). Built once (concurrent
+    runs wait for the first)."""
+    with _INIT_LOCK:
+        return _random_init_model(a, variant, seed)
+
+
+def _random_init_model(a, variant: str, seed: int) -> Path:
     folder = Path(a.out) / "random-init" / f"{variant}-r{seed}"
     if (folder / "model.safetensors").is_file():
         return folder

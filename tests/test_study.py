@@ -4,7 +4,6 @@ chosen on a slice held out from train, and the report's statistics equal scipy's
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -20,14 +19,6 @@ import study  # noqa: E402
 import study_first_edition  # noqa: E402
 import study_stats  # noqa: E402
 
-WORDS = "the a cat dog sat on mat ran to house big small red blue saw old man woman king tree".split()
-
-
-def _sentence(rng, word):
-    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
-    words.insert(rng.randint(0, len(words)), word)
-    return " ".join(words)
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
@@ -35,20 +26,19 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     (root / "books" / "gutenberg").mkdir(parents=True)
     (root / "books" / "gutenberg" / "a.txt").write_text(make_text(400, 1))
-    rng = random.Random(0)
+    lines = iter(make_text(600, 2).splitlines())
     for name, n in (("train", 80), ("dev", 40)):
         sst = root / "glue" / "SST-2"
         sst.mkdir(parents=True, exist_ok=True)
-        rows = [(_sentence(rng, w), str(int(w == "good"))) for w in ["good", "bad"] * (n // 2)]
+        rows = [(f"{next(lines)} {w}", str(int(w == "good"))) for w in ["good", "bad"] * (n // 2)]
         (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
         rte = root / "glue" / "RTE"
         rte.mkdir(parents=True, exist_ok=True)
-        lines = [f"{i}\t{_sentence(rng, 'cat')}\t{_sentence(rng, 'dog')}\t{['entailment', 'not_entailment'][i % 2]}"
-                 for i in range(n)]
-        (rte / f"{name}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(lines) + "\n")
+        pairs = [f"{i}\t{next(lines)}\t{next(lines)}\t{['entailment', 'not_entailment'][i % 2]}" for i in range(n)]
+        (rte / f"{name}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(pairs) + "\n")
         cola = root / "glue" / "CoLA"
         cola.mkdir(parents=True, exist_ok=True)
-        (cola / f"{name}.tsv").write_text("".join(f"src\t{i % 2}\t\t{_sentence(rng, 'sat')}\n" for i in range(n)))
+        (cola / f"{name}.tsv").write_text("".join(f"src\t{i % 2}\t\t{next(lines)}\n" for i in range(n)))
     return root
 
 
