@@ -171,3 +171,27 @@ def test_first_edition_gaps_from_the_transcribed_table():
     row = next(line for line in text.splitlines() if line.startswith("| aux - scratch"))
     assert "+0.2 [-2.3, +2.7] t 0.24" in row  # six-task average, GPT-1's own setting
     assert "+3.4 [-5.5, +12.3] t 1.29" in row  # SST-2
+
+
+def test_report_table_counts_collapsed_runs_and_pairs_by_unit():
+    import study_report
+
+    def rec(setting, unit, value, collapsed, task="rte"):
+        return {"variant": "base", "setting": setting, "task": task, "unit": unit, "value": value,
+                "collapsed": collapsed}
+
+    units = ["1-1", "1-2", "2-1", "2-2"]
+    aux = [rec("aux", u, v, c) for u, v, c in zip(units, [0.55, 0.60, 0.527, 0.58], [False, False, True, False],
+                                                    strict=True)]
+    scratch = [rec("scratch", u, v, True) for u, v in zip(units, [0.473, 0.527, 0.473, 0.473], strict=True)]
+    text = study_report.table5(aux + scratch, "base")
+    aux_row = next(line for line in text.splitlines() if line.startswith("| (a)"))
+    assert "; c 1/4" in aux_row
+    m, lo, hi = study_stats.t_interval([0.55, 0.60, 0.527, 0.58])
+    assert f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in aux_row
+    assert "; c 4/4" in next(line for line in text.splitlines() if line.startswith("| (c)"))
+    gap = next(line for line in text.splitlines() if line.startswith("| aux - scratch"))
+    w = study_stats.welch([r["value"] for r in aux], [r["value"] for r in scratch])
+    b = study_stats.paired_bootstrap({r["unit"]: r["value"] for r in aux}, {r["unit"]: r["value"] for r in scratch})
+    assert f"{100 * w.diff:+.1f} [{100 * w.low:+.1f}, {100 * w.high:+.1f}]" in gap
+    assert f"[{100 * b.low:+.1f}, {100 * b.high:+.1f}]" in gap and "(4)" in gap
