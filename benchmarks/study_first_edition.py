@@ -62,13 +62,21 @@ def spread_table(table) -> str:
     return "\n".join(lines)
 
 
+def _labels(glue: Path, task: str, split: str) -> list[str]:
+    folder, col, header = DEV[task]
+    with open(glue / folder / f"{split}.tsv", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
+    return [r[col] for r in (rows[1:] if header else rows)]
+
+
 def constant_scores(glue: Path) -> str:
-    """Dev score (x100) of predicting one label for every row; MRPC: F1, CoLA: MCC (0 for any constant)."""
+    """Dev score (x100) of predicting one label for every row; MRPC: F1, CoLA: MCC (0 for any constant).
+    Last row: the majority class of each task's *training* labels (STS-B: a constant, counted as 0) and
+    its averages over the six tasks and the five without WNLI."""
     lines = ["| task | dev rows | label counts | score of each constant prediction |", "|---|---:|---|---|"]
-    for t, (folder, col, header) in DEV.items():
-        with open(glue / folder / "dev.tsv", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
-        labels = [r[col] for r in (rows[1:] if header else rows)]
+    majority = {"stsb": 0.0}
+    for t in DEV:
+        labels = _labels(glue, t, "dev")
         counts = Counter(labels)
         if t == "mrpc":
             pos = counts["1"]
@@ -82,6 +90,11 @@ def constant_scores(glue: Path) -> str:
             what = "acc"
         cells = ", ".join(f"always {k}: {v:.1f} ({what}; {counts[k]}/{len(labels)})" for k, v in sorted(scores.items()))
         lines.append(f"| {t} | {len(labels)} | {dict(sorted(counts.items()))} | {cells} |")
+        majority[t] = scores[Counter(_labels(glue, t, "train")).most_common(1)[0][0]]
+    six = sum(majority.values()) / 6
+    five = sum(v for k, v in majority.items() if k != "wnli") / 5
+    lines.append(f"| majority training class | | | {', '.join(f'{k} {v:.1f}' for k, v in sorted(majority.items()))}; "
+                 f"average of six {six:.1f}, of five (no WNLI) {five:.1f} |")
     return "\n".join(lines)
 
 
