@@ -176,8 +176,8 @@ def write_task(folder: Path, head: str | None, train: list[str], dev: list[str])
         os.replace(tmp, folder / f"{name}.tsv")
 
 
-def shuffled(lines: list[str], seed: int = 0) -> list[str]:
-    out = list(lines)
+def shuffled(items: list, seed: int = 0) -> list:
+    out = list(items)
     random.Random(seed).shuffle(out)
     return out
 
@@ -609,17 +609,11 @@ def zeroshot_point(a, variant: str, ps: int, point: str) -> dict:
     for t in ZS_TASKS:
         task = get_task(t)
         dev = read_glue_split(task, data, "validation").rows
-        dev = shuffled_rows(dev)[: a.zs_rows] if a.zs_rows else dev
-        cal = shuffled_rows(read_glue_split(task, data, "train").rows)[: a.zs_calibration] if t == "cola" else ()
+        dev = shuffled(dev)[: a.zs_rows] if a.zs_rows else dev
+        cal = shuffled(read_glue_split(task, data, "train").rows)[: a.zs_calibration] if t == "cola" else ()
         results[t] = zs.zero_shot(model, tok, t, dev, calibration=cal).to_dict()
     return {"status": "ok", "variant": variant, "pre_seed": ps, "point": point, "step": step, "tokens": tokens,
             "results": results, "wall_s": round(time.time() - t0, 1)}
-
-
-def shuffled_rows(rows: list[dict], seed: int = 0) -> list[dict]:
-    out = list(rows)
-    random.Random(seed).shuffle(out)
-    return out
 
 
 # ----------------------------------------------------------------------------- running

@@ -67,12 +67,13 @@ def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuation
         for j, (ids, _) in enumerate(chunk):  # right padding: positions of real tokens do not move
             input_ids[j, :len(ids)] = torch.tensor(ids)
             mask[j, :len(ids)] = 1
-        logits = model(input_ids=input_ids, attention_mask=mask).logits.float()  # (B, T, V)
-        # shift so that position n predicts token n+1
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None])[..., 0]  # (B, T-1)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits  # (B, T, V)
         for j, (ids, n_cont) in enumerate(chunk):
-            end = len(ids) - 1  # index in logp of the last real token's prediction
-            out.append((float(logp[j, end - n_cont:end].sum()), n_cont))
+            # the logits at position n predict token n+1: the continuation's tokens are predicted by the
+            # n_cont positions before the last token (log-softmax only over those rows, not all B x T)
+            rows = torch.log_softmax(logits[j, len(ids) - 1 - n_cont:len(ids) - 1].float(), dim=-1)  # (n_cont, V)
+            targets = input_ids[j, len(ids) - n_cont:len(ids)]
+            out.append((float(rows.gather(-1, targets[:, None]).sum()), n_cont))
     return out
 
 
