@@ -8,7 +8,7 @@ Phases (--phases, in this order; each needs the ones before it):
                (and --variants: base = the recipe; large = 8 layers, 1,200 steps), every --ckpt-every
                steps a checkpoint, all kept (keep_last 1000): the zero-shot phase scores them.
                Random inits (setting c): the same config, HF init, one per --init-seeds.
-    select-lr  for every (variant, setting, task): fine-tune on train minus a held-out slice (seeded,
+    select-lr  for every (variant, setting, task) a later phase needs: fine-tune on train minus a held-out slice (seeded,
                --holdout of the rows, at most --holdout-max) at each lr of --lr-grid, score the slice;
                the lr with the best mean held-out score is used for that setting and task. Dev is
                never looked at. The same procedure for every setting, random init included.
@@ -16,8 +16,9 @@ Phases (--phases, in this order; each needs the ones before it):
                Budget: --epochs (3) over the full training set; SST-2 capped at --sst2-max-steps.
     transfer   Fig. 2 left: model.transfer_layers=k for k = 0..n_layer-1 on --transfer-tasks (setting
                aux, its selected lr); k = n_layer is the table5 aux run.
-    zeroshot   Fig. 2 right: every checkpoint of every pretraining run (step 0: its random init) scored
-               zero-shot (gptune/evaluation/zeroshot.py) on SST-2, CoLA and RTE dev.
+    zeroshot   Fig. 2 right: every checkpoint of every pretraining run (step 0: the random init of the
+               same seed, setting (c)'s model) scored zero-shot (gptune/evaluation/zeroshot.py) on
+               SST-2, CoLA and RTE dev.
     aux-size   SST-2 train subsampled to --aux-sizes rows (seeded), 3 epochs each capped at
                --aux-max-steps, lm_coef in --aux-coefs (lr: the one selected for aux / noaux on SST-2).
     report     OUT/report.md + OUT/plots/*.png (benchmarks/study_report.py).
