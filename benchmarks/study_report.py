@@ -14,6 +14,12 @@ from pathlib import Path
 from study import SETTINGS, TASK_ORDER, TASKS, VARIANTS, ZS_TASKS
 from study_stats import paired_bootstrap, t_interval, welch
 
+# Radford et al. 2018, Table 5 (x100; no WNLI column). Avg8: the paper's average over its 8 columns.
+PAPER = {
+    "aux": ("Transformer w/ aux LM (full)", {"cola": 45.4, "sst2": 91.3, "mrpc": 82.3, "stsb": 82.0, "rte": 56.0}, 74.7),
+    "noaux": ("Transformer w/o aux LM", {"cola": 47.9, "sst2": 92.0, "mrpc": 84.9, "stsb": 83.2, "rte": 54.4}, 75.0),
+    "scratch": ("Transformer w/o pre-training", {"cola": 18.9, "sst2": 84.0, "mrpc": 79.4, "stsb": 30.9, "rte": 53.8}, 59.9),
+}
 GAPS = [("aux", "scratch"), ("noaux", "scratch"), ("plain", "scratch"), ("noaux", "aux"), ("plain", "aux")]
 FIRST_EDITION_CSV = Path(__file__).resolve().parent / "study-first-edition.csv"
 PRETRAIN_S = {"base": 720.0, "large": 4 * 720.0}
@@ -68,6 +74,9 @@ def table5(recs: list[dict], variant: str) -> str:
             cells.append(_ci([r["value"] for r in cell]) + c)
         avg = [_ci(list(_averages(rs, tt).values())) for tt in (tasks, five)]
         lines.append(f"| {SETTINGS[s]['label']} | " + " | ".join(cells) + " | " + " | ".join(avg) + " |")
+    for name, vals, avg8 in PAPER.values():  # GLUE test scores of a 117M model, for the direction only
+        cells = [f"{vals[t]:.1f}" if t in vals else "n/a" for t in tasks]
+        lines.append(f"| paper: {name} | " + " | ".join(cells) + f" | (8 tasks: {avg8:.1f}) | – |")
     lines += ["", "Gaps (first minus second, x100): mean [Welch 95% interval] / [paired bootstrap 95% interval, "
               "pairs]. An interval that excludes 0 is marked *.", "",
               "| gap | " + " | ".join(tasks) + " | avg (all) | avg (no WNLI) |", "|---|" + "---:|" * (len(tasks) + 2)]
