@@ -29,7 +29,7 @@ Phases (--phases, in this order; each needs the ones before it):
     python benchmarks/study.py --data ../shared/data --quick                              # tiny, all phases
 
 Every fine-tune also labels the dev split (gptune predict) so the report can count runs that collapsed
-to one class.
+to one class; its final step checkpoint is then deleted (final/ stays), so 500 runs do not fill the disk.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -419,6 +420,8 @@ def finetune_job(a, *, phase: str, key: str, task: str, setting: str, variant: s
             return rec
         m = json.loads(metrics.read_text())
         rec.update(status="ok", metric=TASKS[task][2], value=m.get(TASKS[task][2]), steps=m.get("step"), metrics=m)
+        for ckpt in run_dir.glob("step-*"):  # every run ends with a resumable checkpoint: final/ is what the study keeps
+            shutil.rmtree(ckpt, ignore_errors=True)
         preds = run_dir / "dev-predictions.tsv"
         pargs = ["predict", "--model", str(run_dir / "final"), "--data-dir", str(data), "--split", "validation",
                  "--out", str(preds)]
@@ -518,7 +521,7 @@ def n_layer(a, variant: str) -> int:
     final = pretrain_dir(a, variant, a.pretrain_seeds[0]) / "final" / "config.json"
     if final.is_file():
         return int(json.loads(final.read_text())["n_layer"])
-    from gptune.config import load_recipe
+    from gptune.recipes import load_recipe
 
     r = load_recipe(a.pretrain_recipe, {}, [*VARIANTS[variant], *a.pretrain_set])
     return r.model.config.n_layer
@@ -601,7 +604,7 @@ def zeroshot_point(a, variant: str, ps: int, point: str) -> dict:
         model, step = AutoModelForCausalLM.from_pretrained(random_init_model(a, variant, ps)).eval(), 0
     else:
         model, step = zs.load_checkpoint_lm(run / point, final), int(point.split("-")[1])
-    from gptune.config import load_recipe
+    from gptune.recipes import load_recipe
 
     recipe = load_recipe(run / "recipe.yaml", {}, [])
     tokens = step * recipe.train.global_batch_size * recipe.data.block_size  # packed blocks: every token counts

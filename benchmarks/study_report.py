@@ -292,6 +292,6 @@ def estimate(a, planners: dict, records) -> str:
 
 
 def _pretrain_steps(a, variant: str) -> int:
-    from gptune.config import load_recipe
+    from gptune.recipes import load_recipe
 
     return load_recipe(a.pretrain_recipe, {}, [*VARIANTS[variant], *a.pretrain_set]).train.max_steps

@@ -113,6 +113,7 @@ def test_phases_pass_their_keys_to_the_runs(quick):
         if r["phase"] in ("pretrain", "zeroshot"):
             continue
         saved = yaml.safe_load((Path(r["run_dir"]) / "final" / "recipe.yaml").read_text())
+        assert not list(Path(r["run_dir"]).glob("step-*"))  # the driver keeps final/ only
         assert saved["model"]["transfer_layers"] == r.get("k")
         assert saved["train"]["lr"] == pytest.approx(r["lr"])
         if r["phase"] == "aux-size":

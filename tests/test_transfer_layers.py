@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptune.config import build_recipe
 from gptune.errors import GptuneError
+from gptune.recipes import build_recipe
 
 
 @pytest.fixture(scope="module")

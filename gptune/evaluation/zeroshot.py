@@ -55,7 +55,7 @@ def continuation_logprobs(model, tokenizer, prompts: Sequence[str], continuation
         c = tokenizer(cont, add_special_tokens=False)["input_ids"]
         if not c:
             raise GptuneError(f"zero-shot: empty continuation {cont!r}")
-        ids = (p + c)[-ctx:]
+        ids = (p + c)[-ctx:] if ctx else p + c
         seqs.append((ids, min(len(c), len(ids) - 1)))
     model.eval()
     out = []
