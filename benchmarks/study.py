@@ -401,7 +401,8 @@ def finetune_job(a, *, phase: str, key: str, task: str, setting: str, variant: s
         run_dir = Path(a.out) / "runs" / phase / f"{setting}-{task}-{pre}-s{seed}{tag}"
         sets = [f"task.max_length={a.max_length}", f"train.epochs={a.epochs:g}",
                 f"train.global_batch_size={a.batch}", f"train.micro_batch_size={a.micro}",
-                "task.eval_every_epoch=false", "train.save_every=0", "train.log_every=10", f"train.lr={lr:g}",
+                "task.eval_every_epoch=false", "task.keep_best=false", "train.eval_every=0", "train.save_every=0",
+                "train.log_every=10", f"train.lr={lr:g}",
                 *SETTINGS[setting]["sets"], *extra_sets, *a.extra_sets]
         if steps < full_steps:  # a cap: say it in the record
             sets.append(f"train.max_steps={steps}")

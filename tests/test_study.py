@@ -116,6 +116,8 @@ def test_phases_pass_their_keys_to_the_runs(quick):
         assert not list(Path(r["run_dir"]).glob("step-*"))  # the driver keeps final/ only
         assert saved["model"]["transfer_layers"] == r.get("k")
         assert saved["train"]["lr"] == pytest.approx(r["lr"])
+        # the dev split is scored once, at the end, and never picks weights
+        assert saved["task"]["keep_best"] is False and saved["task"]["eval_every_epoch"] is False
         if r["phase"] == "aux-size":
             assert saved["task"]["lm_coef"] == r["lm_coef"]
             assert r["steps"] == 2  # --quick caps every fine-tune at 2 steps
