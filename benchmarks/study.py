@@ -697,4 +697,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import study  # one module object: study_report imports `study`, and its StudyError must be this one
+
+    sys.exit(study.main())
