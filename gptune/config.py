@@ -63,8 +63,8 @@ class ModelConfig:
     """Pretrained model: a local folder (e.g. runs/books/final) or a hub id. Absent: random init from
     ``model.config``."""
     arch: Literal["gpt2", "openai-gpt"] = "gpt2"
-    """Architecture for random init: GPT-2 (pre-LayerNorm, SDPA attention) or GPT-1's OpenAI-GPT
-    (post-LayerNorm, eager attention only: slower)."""
+    """Architecture for random init: GPT-2 (pre-LayerNorm) or GPT-1's OpenAI-GPT (post-LayerNorm, GELU,
+    N(0, 0.02) init). Both run their attention through PyTorch's SDPA kernel."""
     config: ArchConfig = field(default_factory=ArchConfig)
     """Architecture of a randomly initialised model."""
     tokenizer: str | None = None
@@ -145,14 +145,16 @@ class TrainConfig:
     warmup: float = 0.02
     """Warmup: a number >= 1 is a count of steps, a number in [0, 1) a fraction of the run."""
     min_lr_ratio: float = 0.1
-    """Cosine schedule ends at ``lr * min_lr_ratio``."""
+    """Cosine schedule ends at ``lr * min_lr_ratio`` after the last step. GPT-1 annealed to 0
+    (``recipes/gpt1.yaml``: 0); the default lr/10 is gptune's choice."""
     weight_decay: float = 0.01
     """AdamW decoupled weight decay on matrices (weights and embeddings; GPT-1's modified L2,
     w=0.01); biases and LayerNorm gains are not decayed."""
     beta1: float = 0.9
-    """AdamW beta1."""
+    """AdamW beta1 (GPT-1: 0.9)."""
     beta2: float = 0.95
-    """AdamW beta2."""
+    """AdamW beta2. GPT-1 used Adam's 0.999 (``recipes/gpt1.yaml``, ``recipes/finetune.yaml``); the
+    default 0.95 is gptune's choice, steadier at the higher learning rates of small models."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -263,11 +265,20 @@ class TaskConfig:
     """Custom tasks: the label column."""
     labels: list[str] | None = None
     """Custom tasks: the label set (absent: regression on a float label)."""
-    max_length: int = 128
+    max_length: int | None = None
     """Longest input sequence after the GPT-1 transformation; longer inputs are truncated (the
-    longer segment first; the extract token is always kept)."""
+    longer segment first; the extract token is always kept). Absent: the model's context, as in GPT-1
+    (512). A value above the context is lowered to it. Batches are padded to their longest row only."""
     lm_coef: float = 0.5
     """Weight of the auxiliary language-modelling loss: L = L_task + lm_coef * L_lm (0 disables)."""
+    lm_loss_mean: Literal["sequence", "token"] = "sequence"
+    """How the auxiliary LM loss is averaged: ``sequence`` (GPT-1's code: each sequence's token mean,
+    then the mean over sequences, so short and long inputs weigh the same) or ``token`` (one mean over
+    every scored token of the micro-batch)."""
+    new_token_init: Literal["mean", "normal"] = "mean"
+    """Embedding rows of the new start/delimiter/extract tokens: ``mean`` (the mean embedding plus small
+    seeded noise: gptune's choice, the new tokens start as an average token) or ``normal`` (seeded
+    N(0, 0.02), like GPT-1's code, where they were fresh rows of its randomly initialised table)."""
     clf_dropout: float = 0.1
     """Dropout before the task head (GPT-1: 0.1)."""
     input_style: Literal["gpt1", "plain"] = "gpt1"
@@ -279,7 +290,7 @@ class TaskConfig:
     def _checks(self):
         if self.lm_coef < 0:
             yield "lm_coef", f"must be >= 0, got {self.lm_coef}"
-        if self.max_length < 8:
+        if self.max_length is not None and self.max_length < 8:
             yield "max_length", f"must be >= 8, got {self.max_length}"
         if not 0 <= self.clf_dropout < 1:
             yield "clf_dropout", f"must be in [0, 1), got {self.clf_dropout}"

@@ -111,20 +111,15 @@ def encode_example(kind: str, segments: list[list[int]], ids: SpecialIds, max_le
     return out
 
 
-def encode_plain(segments: list[list[int]], eos_id: int | None, max_length: int) -> list[int]:
-    """The run_glue-style baseline input: segments simply concatenated (a + b), no GPT-1 markers.
+def encode_plain(segments: list[list[int]], max_length: int) -> list[int]:
+    """The run_glue baseline input: the segments simply concatenated (a + b), no markers, nothing added.
 
-    This is what `tokenizer(a, b)` gives for GPT-2 in Hugging Face's run_glue (GPT-2 adds no special
-    tokens), pooled at the last token by the ablation. `eos_id=None` reproduces that exactly; an int
-    appends that one token (kept under truncation) so the pooled token is the same for every example.
-    Truncation: `truncate_longest_first`.
+    This is exactly what run_glue's ``tokenizer(text_a, text_b)`` gives for GPT-2's tokenizer (which adds
+    no special tokens to a pair); the head pools the last non-pad token, as ``GPT2ForSequenceClassification``
+    does. Truncation: `truncate_longest_first` (run_glue's ``truncation=True`` is ``longest_first``).
     """
     if not segments:
         raise ValueError("encode_plain needs at least one segment")
-    tail = [] if eos_id is None else [eos_id]
-    if max_length < len(tail) + len(segments):
-        raise ValueError(
-            f"max_length {max_length} is too small for {len(segments)} segment(s) plus {len(tail)} eos"
-        )
-    parts = truncate_longest_first(segments, max_length - len(tail))
-    return [t for p in parts for t in p] + tail
+    if max_length < len(segments):
+        raise ValueError(f"max_length {max_length} is too small for {len(segments)} segment(s)")
+    return [t for p in truncate_longest_first(segments, max_length) for t in p]

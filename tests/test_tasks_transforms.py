@@ -208,9 +208,8 @@ def test_wrong_segment_count_and_unknown_kind_raise():
 
 
 def test_encode_plain_concatenates_without_markers():
-    assert encode_plain([[1, 2], [3]], None, 10) == [1, 2, 3]
-    assert encode_plain([[1, 2], [3]], 99, 10) == [1, 2, 3, 99]
-    # truncation: longest first, the eos is kept
-    assert encode_plain([list(range(10)), [50, 51]], 99, 5) == [0, 1, 50, 51, 99]
+    assert encode_plain([[1, 2], [3]], 10) == [1, 2, 3]
+    # truncation: longest first, nothing added
+    assert encode_plain([list(range(10)), [50, 51]], 5) == [0, 1, 2, 50, 51]
     with pytest.raises(ValueError, match="too small"):
-        encode_plain([[1], [2]], 99, 2)
+        encode_plain([[1], [2]], 1)

@@ -18,7 +18,7 @@ from gptune.errors import GptuneError
 from gptune.tasks import TaskSpec
 from gptune.transforms import SpecialIds, encode_example, encode_plain
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: plain inputs as run_glue's (no EOS, one order)
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
@@ -51,12 +51,11 @@ def encode_rows(task: TaskSpec, rows: list[dict], tokenizer, *, style: str, ids:
         if style == "gpt1":
             seqs = encode_example(task.kind, segments, ids, max_length)
         elif task.kind == "multiple_choice":
-            seqs = [encode_plain([segments[0], a], tokenizer.eos_token_id, max_length) for a in segments[1:]]
-        elif task.kind == "similarity":
-            seqs = [encode_plain(segments, tokenizer.eos_token_id, max_length),
-                    encode_plain(segments[::-1], tokenizer.eos_token_id, max_length)]
-        else:
-            seqs = [encode_plain(segments, tokenizer.eos_token_id, max_length)]
+            seqs = [encode_plain([segments[0], a], max_length) for a in segments[1:]]
+        else:  # run_glue: one sequence, one order (similarity too)
+            seqs = [encode_plain(segments, max_length)]
+        # an input with no text at all still needs a token to pool: EOS
+        seqs = [s or [tokenizer.eos_token_id] for s in seqs]
         label = r["label"]
         if label is None:
             label = float("nan") if task.is_regression else -1

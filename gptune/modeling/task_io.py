@@ -79,7 +79,8 @@ def load_tokenizer(spec: str, flag: str = "--model"):
                           "model or set model.tokenizer") from None
 
 
-def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = False, dropout: float | None = None):
+def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = False, dropout: float | None = None,
+                 new_token_init: str = "mean"):
     """The base LM with embeddings grown for the GPT-1 markers, new rows initialised deterministically."""
     from transformers.utils import logging as hf_logging
 
@@ -93,7 +94,7 @@ def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = F
         set_dropout(lm, dropout)
     n_old = lm.get_input_embeddings().weight.shape[0]
     fit_tokenizer(lm, tokenizer, source=spec)
-    init_new_rows(lm, n_old)
+    init_new_rows(lm, n_old, new_token_init)
     return lm
 
 
@@ -103,10 +104,12 @@ def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, ids: SpecialIds 
     from gptune.modeling.lora import apply_lora
 
     lm = prepare_base(recipe.model.name_or_path, tokenizer, flag="--model",
-                      trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout)
+                      trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout,
+                      new_token_init=recipe.task.new_token_init)
     if recipe.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable()
-    model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout)
+    model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout,
+                          lm_loss_mean=recipe.task.lm_loss_mean)
     if recipe.lora.enabled:
         new_ids = [] if ids is None else [ids.start, ids.delim, ids.end]
         model = apply_lora(model, recipe.lora, new_ids)

@@ -221,20 +221,24 @@ def task_step(model, batch) -> StepOutput:
 
 # ----------------------------------------------------------------------------- the run
 def fit_max_length(recipe: Recipe, spec: str) -> Recipe:
-    """A task.max_length beyond the model's context is lowered to it (and said), before anything is tokenized."""
-    import dataclasses
-
+    """``task.max_length`` absent: the model's context (GPT-1's choice); beyond the context: lowered to it
+    (and said). Settled before anything is tokenized."""
     from transformers import AutoConfig
 
     from gptune.modeling.gpt import context_length
 
+    wanted = recipe.task.max_length
     try:
         ctx = context_length(AutoConfig.from_pretrained(spec, trust_remote_code=recipe.model.trust_remote_code))
     except (OSError, ValueError):
-        return recipe  # an adapter folder or unreachable hub id: checked again once the model is built
-    if recipe.task.max_length <= ctx:
+        if wanted is None:
+            raise GptuneError(f"task.max_length: the context of {spec} cannot be read (no config.json); "
+                              "set task.max_length") from None
+        return recipe  # an adapter folder: checked again once the model is built
+    if wanted is not None and wanted <= ctx:
         return recipe
-    say(f"  task.max_length {recipe.task.max_length} lowered to the model's context ({ctx})")
+    if wanted is not None:
+        say(f"  task.max_length {wanted} lowered to the model's context ({ctx})")
     return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=ctx))
 
 
