@@ -282,8 +282,10 @@ class TaskConfig:
     clf_dropout: float = 0.1
     """Dropout before the task head (GPT-1: 0.1)."""
     input_style: Literal["gpt1", "plain"] = "gpt1"
-    """``gpt1``: special start/delimiter/extract tokens, head on the extract token. ``plain``:
-    run_glue-style concatenation, head on the last token (for ablations)."""
+    """``gpt1``: special start/delimiter/extract tokens, head on the extract token (GPT-1). ``plain``:
+    run_glue's input exactly (the texts concatenated as ``tokenizer(a, b)`` joins them for GPT-2, nothing
+    added, one order for similarity), head on the last non-pad token as in GPT2ForSequenceClassification
+    (the baseline for ablations)."""
     eval_every_epoch: bool = True
     """Evaluate on the dev split(s) after every epoch."""
 
