@@ -106,14 +106,15 @@ def test_new_token_rows_normal_init_has_gpt1_std_and_mean_init_sits_at_the_mean(
     from transformers import AutoTokenizer
 
     from gptune.modeling.heads import add_task_tokens
-    from gptune.modeling.task_io import prepare_base
+    from gptune.modeling.task_io import build_task_model
 
     rows = {}
     for mode in ("normal", "mean", "normal"):
         tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-        add_task_tokens(tok)
-        lm = prepare_base(tiny_model_dir, tok, flag="--model", new_token_init=mode)
-        emb = lm.get_input_embeddings().weight.detach()
+        ids = add_task_tokens(tok)
+        recipe = build_recipe({"model": {"name_or_path": tiny_model_dir}, "train": {"max_steps": 1},
+                               "task": {"new_token_init": mode}})
+        emb = build_task_model(recipe, get_task("rte"), tok, ids).get_input_embeddings().weight.detach()
         n_old = emb.shape[0] - 3
         new = emb[n_old:]
         if mode in rows:

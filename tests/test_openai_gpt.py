@@ -212,7 +212,9 @@ def test_openai_gpt_full_and_lora_finetune_with_aux_lm_loss(kind, tmp_path, monk
     monkeypatch.setattr(ev, "predict", spy)
     sets = ["train.max_steps=3", "train.micro_batch_size=4", "train.global_batch_size=4", "task.max_length=24",
             "train.log_every=1", "train.save_every=0", "task.eval_every_epoch=false", "train.lr=1e-3",
-            "lora.lr=1e-2", "task.lm_coef=0.5", "model.config.dropout=0.1"]
+            "lora.lr=1e-2", "task.lm_coef=0.5", "model.config.dropout=0.1",
+            # both inits of the new marker rows: a LoRA folder rebuilds its base model and must still be exact
+            f"task.new_token_init={'normal' if kind in ('similarity', 'multiple_choice') else 'mean'}"]
     for lora in (False, True):
         recipe = build_recipe(read_recipe_file(DEFAULT_RECIPE),
                               {**task, "model.name_or_path": tiny_gpt1_dir, "lora.enabled": lora}, sets)
