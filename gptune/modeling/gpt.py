@@ -192,7 +192,8 @@ def use_sdpa_attention(model: nn.Module) -> nn.Module:
     """Swap OpenAI-GPT's attention modules for ``SdpaOpenAIGPTAttention`` in place (other models are
     returned unchanged). transformers 5.24 gives OpenAI-GPT only its eager attention -- explicit (T x T)
     scores, mask arithmetic, softmax -- with no ``attn_implementation`` choice; same weights, same outputs
-    to float rounding (tests/test_openai_gpt.py), faster (benchmarks/openai_gpt.py)."""
+    to float rounding (tests/test_openai_gpt.py); a GPT-1-size attention layer at 512 tokens takes ~0.8x
+    the eager time, forward + backward (benchmarks/openai_gpt.py, NOTES.md)."""
     for module in model.modules():
         if type(module) is _OpenAIGPTAttention:
             module.__class__ = SdpaOpenAIGPTAttention
