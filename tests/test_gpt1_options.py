@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptune.config import TrainConfig, build_recipe
+from gptune.config import TrainConfig
+from gptune.recipes import build_recipe
 from gptune.tasks import get_task
 
 
@@ -58,8 +59,8 @@ def test_lm_loss_mean_reaches_the_task_model(tiny_model_dir, tiny_tokenizer_dir)
     task = get_task("rte")
     rows = [{"sentence1": "the cat sat on the mat and the dog ran", "sentence2": "a dog", "label": 0, "idx": 0},
             {"sentence1": "a king", "sentence2": "the sun", "label": 1, "idx": 1}]
-    cols = encode_rows(task, rows, tok, style="gpt1", ids=ids, max_length=64)
-    batch = TaskCollator(0, ids.end, False)([dict(zip(cols, v, strict=True)) for v in zip(*cols.values(), strict=True)])
+    cols = encode_rows(task, rows, tok, style="gpt1", special_ids=ids, max_length=64)
+    batch = TaskCollator(0, ids.extract, False)([dict(zip(cols, v, strict=True)) for v in zip(*cols.values(), strict=True)])
     losses = {}
     for mean in ("sequence", "token"):
         recipe = build_recipe({"model": {"name_or_path": tiny_model_dir, "config": {"dropout": 0.0}},
@@ -77,11 +78,11 @@ def test_lm_loss_mean_reaches_the_task_model(tiny_model_dir, tiny_tokenizer_dir)
 
 
 def _lrs(cfg: TrainConfig, total: int) -> tuple[list[float], torch.optim.Optimizer]:
-    from gptune.training.optim import build_optimizer, build_scheduler
+    from gptune.training.optim import build_optimizer, build_scheduler, plan_lr
 
     model = torch.nn.Linear(2, 2)
     opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg, total)
+    sched = build_scheduler(opt, cfg, plan_lr(cfg, total))
     lrs = [sched.get_last_lr()[0]]
     for _ in range(total):
         opt.step()
@@ -177,7 +178,7 @@ def test_plain_input_and_pooling_equal_run_glue_gpt2_for_sequence_classification
              for _ in range(6)]
     max_length = 24  # some rows are truncated
     rows = [{**dict(zip(task.text_fields, t, strict=True)), "label": 0, "idx": i} for i, t in enumerate(texts)]
-    cols = encode_rows(task, rows, tok, style="plain", ids=None, max_length=max_length)
+    cols = encode_rows(task, rows, tok, style="plain", special_ids=None, max_length=max_length)
     batch = TaskCollator(tok.pad_token_id, None, False)(
         [dict(zip(cols, v, strict=True)) for v in zip(*cols.values(), strict=True)])
     assert batch["input_ids"].shape[1] == 1  # one sequence, one order, for similarity too

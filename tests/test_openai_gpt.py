@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import make_workdir, run_cli
-from gptune.config import build_recipe, load_recipe, read_recipe_file
+from gptune.recipes import build_recipe, load_recipe, read_recipe_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
