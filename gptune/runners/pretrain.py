@@ -32,10 +32,7 @@ def load_lm_data(recipe: Recipe, tokenizer, accelerator):
     for them (no barrier: a long preparation cannot hit a collective timeout)."""
     from gptune.data.prepare import prepare_lm_data
 
-    data = prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed, main=accelerator.is_main_process)
-    if not data.stats.cached:
-        say("  " + data.stats.summary(data.folder))
-    return data
+    return prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed, main=accelerator.is_main_process)
 
 
 def build_loaders(recipe: Recipe, data):
@@ -136,11 +133,11 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     ensure_corpus(recipe, accelerator)
     with accelerator.main_process_first():  # the main process trains/saves the tokenizer, the others reuse it
         tokenizer = load_pretrain_tokenizer(recipe, run_dir)
-    data = load_lm_data(recipe, tokenizer, accelerator)
     lm = build_causal_lm(recipe.model, tokenizer)
     if recipe.data.block_size > context_length(lm.config):
         raise GptuneError(f"data.block_size={recipe.data.block_size} is larger than the model's context "
                           f"({context_length(lm.config)}); lower it or raise model.config.n_positions")
+    data = load_lm_data(recipe, tokenizer, accelerator)
     model = LMWithLoss(lm)
     if recipe.train.compile:
         model = torch.compile(model)
@@ -149,6 +146,8 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     say(f"  {count_parameters(lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} train / "
         f"{len(data.val) if data.val is not None else 0} validation blocks of {recipe.data.block_size}"
         f"{' (cached)' if data.stats.cached else ''}")
+    if not data.stats.cached:
+        say("  " + data.stats.summary(data.folder))
     if data.stats.dropped_tokens:
         say(f"  packing dropped the final partial block: {data.stats.dropped_tokens} tokens")
     train_loader, val_loader = build_loaders(recipe, data)
