@@ -337,6 +337,42 @@ def test_other_processes_wait_for_the_main_process_to_publish(tok, tmp_path, mon
     assert not list((tmp_path / "cache" / "lm").glob(".*.waiting-*"))
 
 
+TWO_PROC_RECIPE = (
+    "# gptune pretrain r.yaml --num-processes 2\nname: tiny\n"
+    "model: {tokenizer: train, vocab_size: 400, config: {n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, dropout: 0.0}}\n"
+    "data: {path: books, block_size: 32, val_fraction: 0.05, num_proc: 1}\n"
+    "train: {max_steps: 6, micro_batch_size: 4, global_batch_size: 8, lr: 3e-3, warmup: 2,\n"
+    "        eval_every: 0, save_every: 6, keep_last: 1, log_every: 2}\n"
+)
+
+
+def test_two_process_pretrain_where_rank_one_polls_before_rank_zero_prepares(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_workdir, run_cli
+
+    make_workdir(tmp_path, monkeypatch, {"a.txt": 1500})
+    (tmp_path / "r.yaml").write_text(TWO_PROC_RECIPE)
+    env = {**os.environ, prepare_mod.HOLD_ENV: "1"}  # rank 0 starts preparing only once rank 1 is polling
+    out = subprocess.run([sys.executable, "-m", "gptune", "pretrain", "r.yaml", "--out-dir", "runs/two",
+                          "--num-processes", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "prepared:" in out.stdout  # this run prepared (nothing was cached before it)
+    lm = tmp_path / "cache" / "lm"
+    assert len([p for p in lm.iterdir() if not p.name.startswith(".")]) == 1
+    assert not list(lm.glob(".*.partial")) and not list(lm.glob(".*.waiting-*"))
+    # both ranks read the same shards as a single process does: the same losses step by step
+    assert run_cli("pretrain", "r.yaml", "--out-dir", "runs/one") == 0
+
+    def losses(run):
+        rows = [json.loads(x) for x in (tmp_path / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if r["event"] == "train"]
+
+    assert losses("two") == pytest.approx(losses("one"), abs=1e-5) and len(losses("one")) == 3
+
+
 # ----------------------------------------------------------------------------- sources
 
 
@@ -348,6 +384,15 @@ def test_max_tokens_keeps_a_prefix_of_the_stream(tok, tmp_path):
     some = build(tmp_path / "books", tok, 10, tmp_path, max_tokens=255)
     assert some.stats.tokens == 255 and some.stats.blocks_train == 25 and some.stats.dropped_tokens == 5
     np.testing.assert_array_equal(flat(some.train), flat(full.train)[:250])
+
+
+def test_one_cache_root_holds_both_layouts(tmp_path, monkeypatch):
+    from gptune.data.cache import cache_root, entry_dir
+
+    monkeypatch.setenv("GPTUNE_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c" and cache_root(str(tmp_path / "d")) == tmp_path / "d"
+    assert entry_dir("lm", "k") == tmp_path / "c" / "lm" / "k"
+    assert entry_dir("tasks", "k", str(tmp_path / "d")) == tmp_path / "d" / "tasks" / "k"
 
 
 def test_a_saved_datasets_folder_is_read_like_a_hub_corpus(tok, tmp_path):
