@@ -4,7 +4,8 @@ The corpus is the Gutenberg books of ``$GPTUNE_DATA/books/gutenberg`` (or ``--da
 converted to UTF-8, repeated under new names in a seeded shuffled order up to each size, written under
 ``--work`` (default: a temporary folder; never the repository). Each contender runs in its own process
 (``--child``), cold (fresh cache), GPT-2's tokenizer, 2 workers, blocks of 256; the parent samples the
-resident memory of the whole process tree (main + workers) every 0.2 s. Contenders alternate within a
+memory of the whole process tree (main + workers) every 0.2 s: PSS (shared pages counted once), and the
+plain RSS sum in the JSON. Contenders alternate within a
 size (gptune first in odd rounds), so a busy patch of the shared machine hits both.
 
     python benchmarks/prepare.py --sizes 100,1000 --peer-sizes 100 --work /tmp/corpora   # NOTES.md table
@@ -124,11 +125,13 @@ def measure(name: str, corpus: Path, tokenizer_dir: str, cache: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "GPTUNE_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     root = psutil.Process(proc.pid)
-    peak, loads = 0, []
+    peak, peak_rss, loads = 0, 0, []
     while proc.poll() is None:
         try:
             tree = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            # PSS: pages shared by forked workers (torch, the tokenizer) count once over the tree, not per process
+            peak = max(peak, sum(p.memory_full_info().pss for p in tree))
+            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree))
         except psutil.Error:
             pass
         loads.append(os.getloadavg()[0])
@@ -137,7 +140,7 @@ def measure(name: str, corpus: Path, tokenizer_dir: str, cache: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"{name} failed:\n{err[-3000:]}")
     res = json.loads(out.strip().splitlines()[-1])
-    res.update(peak_tree_mb=peak / 2**20, load_avg=sum(loads) / max(len(loads), 1))
+    res.update(peak_tree_mb=peak / 2**20, peak_tree_rss_mb=peak_rss / 2**20, load_avg=sum(loads) / max(len(loads), 1))
     return res
 
 
@@ -171,7 +174,7 @@ def run(*, quick: bool, data: str | None = None, sizes=None, peer_sizes=None, wo
                             Stat([size / 1e6 / x["seconds"] for x in peer]) if peer else None,
                             "run_clm map(tokenize) + map(group_texts)", target=">= 2x", digits=2,
                             note=f"load avg {sum(x['load_avg'] for x in ours) / len(ours):.1f}"))
-            rows.append(row("prepare", f"peak RSS of the process tree (MB), {size / 1e6:.0f} MB",
+            rows.append(row("prepare", f"peak memory (PSS) of the process tree (MB), {size / 1e6:.0f} MB",
                             Stat([x["peak_tree_mb"] for x in ours]),
                             Stat([x["peak_tree_mb"] for x in peer]) if peer else None,
                             "run_clm map(tokenize) + map(group_texts)", target="<= 1500 MB", higher_is_better=False,
