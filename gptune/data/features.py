@@ -12,10 +12,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from gptune.console import is_main_process
 from gptune.data.cache import entry_dir, entry_key, publish
 from gptune.data.glue import SplitData
 from gptune.errors import GptuneError
-from gptune.console import is_main_process
 from gptune.tasks import TaskSpec
 from gptune.tokenization import tokenizer_fingerprint
 from gptune.transforms import SpecialIds, encode_example, encode_plain

@@ -198,7 +198,7 @@ def validation_text(data: LMData, tokenizer: Any) -> str:
     else:
         n = len(val) * val.block_size  # the whole blocks: what the validation loss scores
         bounds = [0] + [int(e) for e in val.stream.document_ends() if e < n] + [n]
-        pieces = [val.stream.read(a, b - a) for a, b in zip(bounds, bounds[1:])]
+        pieces = [val.stream.read(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
     docs = []
     for ids in pieces:
         ids = np.asarray(ids)
