@@ -337,6 +337,25 @@ def test_other_processes_wait_for_the_main_process_to_publish(tok, tmp_path, mon
     assert not list((tmp_path / "cache" / "lm").glob(".*.waiting-*"))
 
 
+def test_prepare_command_then_pretrain_reuses_the_shards(tmp_path, monkeypatch, capsys, tiny_tokenizer_dir):
+    from conftest import make_workdir, run_cli
+
+    make_workdir(tmp_path, monkeypatch, {"a.txt": 400, "b.txt": 300})
+    (tmp_path / "r.yaml").write_text(
+        f"name: tiny\nmodel: {{tokenizer: {tiny_tokenizer_dir}, config: {{n_layer: 2, n_head: 2, n_embd: 32, "
+        "n_positions: 32, dropout: 0.0}}\ndata: {path: books, block_size: 32, val_fraction: 0.1, num_proc: 1}\n"
+        "train: {max_steps: 2, micro_batch_size: 4, global_batch_size: 4, eval_every: 0, save_every: 0}\n")
+    assert run_cli("prepare", "r.yaml") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("prepared: ") and "2 documents" in out and "-> " in out
+    assert run_cli("prepare", "r.yaml") == 0
+    assert capsys.readouterr().out.startswith("already prepared: ")
+    assert run_cli("pretrain", "r.yaml") == 0
+    assert "(cached)" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "runs" / "tiny" / "final" / "metrics.json").read_text())
+    assert metrics["val_ppl_sliding"] > 1 and metrics["val_ppl"] > 1
+
+
 TWO_PROC_RECIPE = (
     "# gptune pretrain r.yaml --num-processes 2\nname: tiny\n"
     "model: {tokenizer: train, vocab_size: 400, config: {n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, dropout: 0.0}}\n"
