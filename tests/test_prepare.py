@@ -318,7 +318,7 @@ def test_an_interrupted_prepare_resumes_and_equals_an_uninterrupted_one(tok, tmp
         np.testing.assert_array_equal(whole(a), whole(b))
         np.testing.assert_array_equal(a.document_ends(), b.document_ends())
     assert again.stats.documents == straight.stats.documents == 6
-    assert not partial.exists()
+    assert not partial.exists() and not (again.folder / "state.json").exists()
 
 
 def test_other_processes_wait_for_the_main_process_to_publish(tok, tmp_path, monkeypatch):

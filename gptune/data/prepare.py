@@ -156,6 +156,7 @@ def prepare_lm_data(data: DataConfig, tokenizer: Any, *, seed: int, main: bool =
         meta = _build(partial, train_src, val_src, tokenizer, data, seed=seed, split=split,
                       shard_tokens=shard_tokens, progress=progress)
         meta["stats"]["seconds"] = time.perf_counter() - t0
+        (partial / "state.json").unlink(missing_ok=True)  # only an unfinished preparation needs it
         (partial / "meta.json").write_text(json.dumps(meta, indent=1))
         os.rename(partial, folder)
     out = load_prepared(folder)
