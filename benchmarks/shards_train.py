@@ -46,9 +46,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per window")
     a = p.parse_args(argv)
 
-    from gptune.config import load_recipe
     from gptune.data.prepare import load_pretrain_tokenizer, prepare_lm_data
     from gptune.modeling.gpt import LMWithLoss, build_causal_lm
+    from gptune.recipes import load_recipe
     from gptune.training.loop import EpochSampler
 
     recipe = load_recipe(a.recipe, None, a.sets)

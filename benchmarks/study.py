@@ -158,8 +158,8 @@ def random_init_model(pretrained: Path, out: Path) -> Path:
         source = str(pretrained)
     else:
         run = pretrained.parent
-        from gptune.config import load_recipe
         from gptune.modeling.gpt import random_config
+        from gptune.recipes import load_recipe
 
         recipe = load_recipe(run / "recipe.yaml", {}, [])
         tok = AutoTokenizer.from_pretrained(run / "tokenizer")

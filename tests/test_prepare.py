@@ -443,8 +443,8 @@ def test_a_capped_sample_of_files_spreads_over_each_file(tmp_path):
 
 
 def test_tokenizer_training_reads_a_capped_sample(tmp_path):
-    from gptune.config import build_recipe
     from gptune.data.prepare import load_pretrain_tokenizer
+    from gptune.recipes import build_recipe
 
     (tmp_path / "a.txt").write_text(make_text(3000))
     r = build_recipe({"model": {"tokenizer": "train", "vocab_size": 300, "tokenizer_train_bytes": 5000},

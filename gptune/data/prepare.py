@@ -188,7 +188,7 @@ def validation_text(data: LMData, tokenizer: Any) -> str:
     """The validation tokens as text: each held-out document (or, for ``val_split=blocks``, each block)
     decoded without its EOS, joined as documents. Only whole blocks count: the text that the
     validation loss scores."""
-    from gptune.evaluation.perplexity import join_documents
+    from gptune.data.eval_text import join_documents
 
     val = data.val
     if val is None or not len(val):

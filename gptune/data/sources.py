@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptune.errors import GptuneError
+from gptune.errors import GptuneError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ _ROWS_PER_BATCH = 1000
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def discover_files(path: str | Path, field_name: str = "data.path") -> list[Path]:
@@ -112,7 +107,7 @@ def read_table_texts(path: Path, text_column: str) -> list[str]:
     except GptuneError:
         raise
     except Exception as e:  # pyarrow/json parse errors: say which file
-        raise GptuneError(f"{path}: cannot read as {suffix[1:]}: {_first_line(e)}") from e
+        raise GptuneError(f"{path}: cannot read as {suffix[1:]}: {first_line(e)}") from e
     if text_column not in table.column_names:
         raise GptuneError(
             f"{path}: no column {text_column!r} (columns: {', '.join(table.column_names) or 'none'}); "
@@ -244,7 +239,7 @@ class Source:
             except Exception as e:
                 raise GptuneError(
                     f"data.path: {self.spec} is not a local file or folder, and loading it from the Hugging "
-                    f"Face hub failed ({_first_line(e)}); pass a local folder with --set data.path=DIR"
+                    f"Face hub failed ({first_line(e)}); pass a local folder with --set data.path=DIR"
                 ) from e
         if self.text_column not in columns:
             raise GptuneError(

@@ -43,9 +43,11 @@ class TaskModelInfo:
         path = Path(folder) / TASK_FILE
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            ids = d.get("special_ids")
+            marks = d.get("special_ids")
+            if marks is not None and "end" in marks:  # task.json written before the field was named extract
+                marks["extract"] = marks.pop("end")
             return cls(TaskSpec.from_dict(d["task"]), d["input_style"], int(d["max_length"]), d["base_model"],
-                       bool(d["lora"]), None if ids is None else SpecialIds(**ids))
+                       bool(d["lora"]), None if marks is None else SpecialIds(**marks))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise GptuneError(f"{path}: not a valid task.json ({type(e).__name__}: {e})") from None
 
@@ -86,7 +88,7 @@ def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = F
     return lm
 
 
-def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, ids: SpecialIds | None):
+def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: SpecialIds | None):
     """Base LM + task head (+ LoRA) for training, from the recipe."""
     from gptune.modeling.heads import GPT1TaskModel
     from gptune.modeling.lora import apply_lora
@@ -97,7 +99,7 @@ def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, ids: SpecialIds 
         lm.gradient_checkpointing_enable()
     model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout)
     if recipe.lora.enabled:
-        new_ids = [] if ids is None else [ids.start, ids.delim, ids.end]
+        new_ids = [] if special_ids is None else [special_ids.start, special_ids.delim, special_ids.extract]
         model = apply_lora(model, recipe.lora, new_ids)
     return model
 
