@@ -69,12 +69,17 @@ class ModelConfig:
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     trust_remote_code: bool = False
     """Allow a hub model to run its own Python code. Off: loading never executes code from a folder."""
+    transfer_layers: int | None = None
+    """Fine-tuning: transfer the embeddings and the first k transformer blocks of the pretrained model and
+    re-initialise the blocks above k (GPT-1's Fig. 2 left; 0: embeddings only). Absent: every block."""
 
     def _checks(self):
         if self.tokenizer_train_bytes < 1:
             yield "tokenizer_train_bytes", f"must be >= 1, got {self.tokenizer_train_bytes}"
         if self.vocab_size < 300:
             yield "vocab_size", f"must be >= 300 (256 bytes + merges + specials), got {self.vocab_size}"
+        if self.transfer_layers is not None and self.transfer_layers < 0:
+            yield "transfer_layers", f"must be >= 0, got {self.transfer_layers}"
         if self.name_or_path is None and self.tokenizer is None:
             yield "tokenizer", "must be set (a folder, a hub id, or 'train') when model.name_or_path is absent"
 

@@ -114,6 +114,29 @@ def set_dropout(model, p: float) -> None:
             module.p = p
 
 
+def reinit_blocks_above(lm, k: int) -> int:
+    """Keep the embeddings and the first ``k`` transformer blocks of ``lm``; re-initialise every block
+    above with the model's own init (GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer);
+    seed the RNG first). The final LayerNorm and the tied LM head stay as loaded. Returns how many
+    blocks were re-initialised (GPT-1's Fig. 2 left: transfer k layers)."""
+    body, _ = body_and_head(lm)
+    blocks = getattr(body, "h", None)
+    if blocks is None:
+        raise GptuneError(f"model.transfer_layers: {type(body).__name__} has no .h list of blocks to re-initialise")
+    if not 0 <= k <= len(blocks):
+        raise GptuneError(f"model.transfer_layers: must be in [0, {len(blocks)}] (the model has {len(blocks)} "
+                          f"blocks), got {k}")
+    with torch.no_grad():
+        for block in list(blocks)[k:]:
+            # children before parents, as from_config does: GPT-2's block-level scaled c_proj init wins
+            for module in reversed(list(block.modules())):
+                for p in module.parameters(recurse=False):
+                    p._is_hf_initialized = False  # loaded weights carry the flag, which makes init a no-op
+                module._is_hf_initialized = False
+                lm._init_weights(module)
+    return len(blocks) - k
+
+
 def body_and_head(model) -> tuple[nn.Module, nn.Module]:
     """(transformer body returning hidden states, LM head) of a causal LM, unwrapping PEFT and DDP."""
     inner = model
