@@ -61,6 +61,10 @@ class ModelConfig:
     saved in the run folder). Absent: the tokenizer saved with ``model.name_or_path``."""
     vocab_size: int = 16384
     """Vocabulary size when ``model.tokenizer`` is ``train``."""
+    tokenizer_train_bytes: int = 100_000_000
+    """Cap on the text read to train a tokenizer (``model.tokenizer=train``), sampled across the whole
+    corpus (evenly spaced windows of each file; a shuffled hub stream), not only its head (measured
+    training times: benchmarks/NOTES.md)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     trust_remote_code: bool = False
@@ -70,6 +74,8 @@ class ModelConfig:
     re-initialise the blocks above k (GPT-1's Fig. 2 left; 0: embeddings only). Absent: every block."""
 
     def _checks(self):
+        if self.tokenizer_train_bytes < 1:
+            yield "tokenizer_train_bytes", f"must be >= 1, got {self.tokenizer_train_bytes}"
         if self.vocab_size < 300:
             yield "vocab_size", f"must be >= 300 (256 bytes + merges + specials), got {self.vocab_size}"
         if self.transfer_layers is not None and self.transfer_layers < 0:
@@ -93,18 +99,28 @@ class DataConfig:
     block_size: int = 256
     """Tokens per training sequence; documents are packed into one stream cut into blocks."""
     val_path: str | None = None
-    """Validation text (file or folder). Absent: a seeded random ``data.val_fraction`` of the blocks."""
+    """Validation text (file, folder, ``datasets`` folder or hub id). Absent: held out of ``data.path`` by
+    ``data.val_split``."""
+    val_split: Literal["tail", "documents", "blocks"] = "tail"
+    """How validation is held out of ``data.path`` when ``data.val_path`` is absent: ``tail`` (the last
+    ``data.val_fraction`` of each document, cut at a line start: contiguous text the model never trains on),
+    ``documents`` (a seeded ``data.val_fraction`` of whole documents: for corpora of many short rows), or
+    ``blocks`` (a seeded random fraction of the packed blocks, as before; neighbouring blocks leak context)."""
     val_fraction: float = 0.01
-    """Fraction of blocks held out for validation when ``data.val_path`` is absent."""
+    """Fraction held out for validation when ``data.val_path`` is absent (0: no validation)."""
     num_proc: int = 2
-    """Worker processes for tokenization."""
+    """Worker processes for tokenization (``gptune prepare`` and the first ``gptune pretrain``)."""
     max_tokens: int | None = None
-    """Stop reading a (streamed hub) corpus after this many tokens."""
+    """Stop reading a (streamed hub) corpus after this many training tokens (part of the prepared data's key)."""
+    revision: str | None = None
+    """Revision (branch, tag or commit) of a hub dataset ``data.path``. Absent: ``main``; pin a commit so
+    prepared shards cannot silently describe an older version of the dataset."""
     fallback_encoding: str | None = None
     """Encoding for text files that are not valid UTF-8 (e.g. ``latin-1``). Absent: such a file is an
     error naming it and the first bad byte."""
     cache_dir: str | None = None
-    """Where tokenized, packed data is cached (default ``~/.cache/gptune`` or ``$GPTUNE_CACHE``)."""
+    """Cache root for token shards (``lm/``) and tokenized tasks (``tasks/``). Absent: ``$GPTUNE_CACHE``,
+    else ``~/.cache/gptune``."""
 
     def _checks(self):
         if self.block_size < 2:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptune.config import Recipe
-from gptune.errors import GptuneError, first_line
+from gptune.errors import GptuneError
 from gptune.tasks import TaskSpec
 from gptune.transforms import SpecialIds
 
@@ -68,17 +68,6 @@ def check_model_folder(spec: str, flag: str = "--model") -> None:
     if not any((p / f).is_file() for f in ("config.json", "adapter_config.json")):
         raise GptuneError(f"{flag} {spec}: not a model folder (no config.json or adapter_config.json); "
                           "pass a folder written by gptune, e.g. runs/<name>/final")
-
-
-def load_tokenizer(spec: str, flag: str = "--model"):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(spec)
-    except (OSError, ValueError) as e:
-        first = first_line(e)
-        raise GptuneError(f"{flag} {spec}: cannot load its tokenizer ({first}); save the tokenizer next to the "
-                          "model or set model.tokenizer") from None
 
 
 def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = False, dropout: float | None = None,
@@ -153,6 +142,7 @@ def load_task_model(folder: str | Path, *, flag: str = "--model"):
     from safetensors.torch import load_file
 
     from gptune.modeling.heads import GPT1TaskModel
+    from gptune.tokenization import load_tokenizer
 
     folder = Path(folder).expanduser()
     check_model_folder(str(folder), flag)
@@ -160,7 +150,7 @@ def load_task_model(folder: str | Path, *, flag: str = "--model"):
         raise GptuneError(f"{flag} {folder}: a language model, not a task model (no {TASK_FILE}); "
                           "fine-tune it first: gptune finetune --task T --model " + str(folder))
     info = TaskModelInfo.read(folder)
-    tokenizer = load_tokenizer(str(folder), flag)
+    tokenizer = load_tokenizer(str(folder), field=flag)
     if info.lora:
         from peft import PeftModel
 

@@ -148,7 +148,8 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     from gptune.evaluation.glue import evaluate_splits, flat_metrics
     from gptune.modeling.gpt import context_length, count_parameters, set_threads
     from gptune.modeling.heads import add_task_tokens
-    from gptune.modeling.task_io import build_task_model, check_model_folder, load_tokenizer
+    from gptune.modeling.task_io import build_task_model, check_model_folder
+    from gptune.tokenization import load_tokenizer
 
     t0 = time.perf_counter()
     set_threads()
@@ -165,7 +166,8 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     recipe = fit_max_length(recipe, spec)
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
-    tokenizer = load_tokenizer(recipe.model.tokenizer or spec)
+    tokenizer = load_tokenizer(recipe.model.tokenizer or spec,
+                               field="model.tokenizer" if recipe.model.tokenizer else "--model")
     special_ids = add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
     data = load_task_data(recipe, task, tokenizer, special_ids, accelerator)
     model = build_task_model(recipe, task, tokenizer, special_ids)
