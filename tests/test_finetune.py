@@ -129,9 +129,8 @@ def test_token_layouts_for_every_kind_with_truncation(tok):
     plain = _batch(get_task("rte"), [{"sentence1": "the cat", "sentence2": "a dog ran", "label": 0, "idx": 0},
                                      {"sentence1": "a", "sentence2": "b", "label": 1, "idx": 1}],
                    tokenizer, special_ids, style="plain")
-    eos = tokenizer.eos_token_id
-    assert plain["input_ids"][0, 0].tolist() == [*enc("the cat"), *b, eos]
-    assert plain["extract_pos"][:, 0].tolist() == [len(enc("the cat")) + len(b), len(enc("a")) + len(enc("b"))]
+    assert plain["input_ids"][0, 0].tolist() == [*enc("the cat"), *b]
+    assert plain["extract_pos"][:, 0].tolist() == [len(enc("the cat")) + len(b) - 1, len(enc("a")) + len(enc("b")) - 1]
 
 
 def test_similarity_is_symmetric_by_construction(tok, tiny_model_dir):
