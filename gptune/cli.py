@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                 err_console.print(f"[bold red]error:[/] {line}", soft_wrap=True)
         sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - the last line of defence: known failures get a plain line
-        from gptune.training.loop import Interrupted
+        from gptune.errors import Interrupted
 
         if isinstance(e, Interrupted):
             from gptune.console import err_console, is_main_process

@@ -1,4 +1,6 @@
-"""``--num-processes N``: re-run the same command under ``accelerate launch`` (DDP; gloo on CPU)."""
+"""Several processes: ``--num-processes N`` (and ``--num-machines``/``--machine-rank``/``--main-process-ip``/
+``--main-process-port``) re-run the same command under ``accelerate launch``; and the few decisions all ranks
+must take together (stop, skip, abort), from one reduced flag."""
 
 from __future__ import annotations
 
@@ -54,3 +56,40 @@ def launch(num_processes: int, argv: list[str]) -> int:
         return subprocess.call(launch_command(num_processes, argv, port), env=env)
     except KeyboardInterrupt:
         return 130
+
+
+# ----------------------------------------------------------------------------- deciding together
+
+
+def agree(accelerator, flags):
+    """The elementwise maximum of ``flags`` (a small 1-D tensor on the accelerator's device) over all
+    processes, as a list of Python numbers. Every process calls it at the same point, so all take the
+    decision it feeds (stop, skip a step, abort) together; reading the result is the one host sync."""
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        try:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        except RuntimeError as e:  # gloo/NCCL timeouts: DistBackendError and friends
+            if "timed out" in str(e).lower() or "timeout" in str(e).lower():
+                raise GptuneError(
+                    f"process {accelerator.process_index}: the other processes did not answer within "
+                    "train.dist_timeout seconds (one of them hung or died); see its output above") from None
+            raise
+    return flags.tolist()
+
+
+def failures(accelerator, error: str | None) -> list[str]:
+    """Every process's error at this point (empty when none failed). All processes call it together, so an
+    error on one of them (a full disk on the main process) is raised on all, not left waiting at a barrier."""
+    import torch
+
+    if not agree(accelerator, torch.tensor([1.0 if error else 0.0], device=accelerator.device))[0]:
+        return []
+    if accelerator.num_processes == 1:
+        return [error]
+    import torch.distributed as dist
+
+    errors = [None] * accelerator.num_processes
+    dist.all_gather_object(errors, error)
+    return [f"process {i}: {e}" for i, e in enumerate(errors) if e]

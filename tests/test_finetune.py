@@ -265,7 +265,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(workdir, tiny_model_dir, 
     import signal
 
     import gptune.runners.finetune as ft
-    from gptune.training.loop import Interrupted
+    from gptune.errors import Interrupted
 
     recipe = _recipe(tiny_model_dir, glue_dir, lora=True, sets=["train.max_steps=8", "train.save_every=100"])
     whole = ft.run_finetune(recipe)

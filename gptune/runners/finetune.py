@@ -216,7 +216,7 @@ def build_task_loaders(recipe: Recipe, data: TaskData, collate):
 def task_step(model, batch) -> StepOutput:
     out = model(**batch)
     parts = {k: out[k] for k in ("task_loss", "lm_loss") if k in out}
-    return StepOutput(loss=out["loss"], parts=parts, tokens=int(batch["attention_mask"].sum()))
+    return StepOutput(loss=out["loss"], parts=parts, tokens=batch["attention_mask"].sum())  # stays on device
 
 
 # ----------------------------------------------------------------------------- the run
