@@ -285,6 +285,15 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         if debug:
             raise
+        from gptune.distributed import is_timeout
+
+        if is_timeout(e):  # said by every process that waited: the main one may be the one that hung
+            from gptune.console import err_console
+
+            rank = os.environ.get("RANK", "0")
+            err_console.print(f"[bold red]error:[/] process {rank}: the other processes did not answer within "
+                              "train.dist_timeout seconds (one of them hung or died; see its output)", soft_wrap=True)
+            sys.exit(2)
         if _is_oom(e):
             from gptune.console import err_console
 

@@ -217,3 +217,76 @@ def test_out_of_memory_names_the_knobs(project, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "out of memory" in err and "train.micro_batch_size" in err and "gradient_checkpointing" in err
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- two processes decide together
+# Each case would hang without the agreement: the subprocess timeout turns a hang into a failure.
+
+
+def launch_two(root: Path, *args, env=None) -> subprocess.Popen:
+    e = dict(os.environ, **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "gptune", "pretrain", "r.yaml", *args, "--num-processes", "2"],
+                            cwd=root, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def no_dropout(root: Path, max_steps: int, save_every: int) -> None:
+    (root / "r.yaml").write_text((RECIPE % (max_steps, save_every)).replace("dropout: 0.1", "dropout: 0.0"))
+
+
+def test_a_nan_on_rank_1_only_is_skipped_by_both_ranks_like_one_process(project, monkeypatch):
+    no_dropout(project, max_steps=8, save_every=8)
+    monkeypatch.setenv("GPTUNE_TEST_FAULT", "nan@5")
+    assert run_cli("pretrain", "r.yaml", "--out-dir", "runs/one", "--set", "train.skip_nonfinite=1") == 0
+    proc = launch_two(project, "--out-dir", "runs/two", "--set", "train.skip_nonfinite=1",
+                      env={"GPTUNE_TEST_FAULT": "nan@5/1"})  # only rank 1's loss is NaN
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    one, two = project / "runs" / "one", project / "runs" / "two"
+    for run in (one, two):
+        assert json.loads((run / "step-000008" / "trainer_state.json").read_text())["skipped_batches"] == 1
+    # both ranks dropped the same global batch: the 2-process run equals the 1-process one
+    assert [e["loss"] for e in events(one, "train")] == pytest.approx([e["loss"] for e in events(two, "train")],
+                                                                      abs=1e-5)
+    wa, wb = weights(one), weights(two)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_sigterm_to_rank_1_only_saves_one_checkpoint_and_stops_both(project):
+    no_dropout(project, max_steps=12, save_every=1000)
+    marker = project / "paused"
+    proc = launch_two(project, "--out-dir", "runs/cut",
+                      env={"GPTUNE_TEST_FAULT": "pause@4/1", "GPTUNE_TEST_MARKER": str(marker)})
+    assert wait_for(marker.exists, timeout=240), proc.communicate()
+    os.kill(int(marker.read_text()), signal.SIGTERM)  # rank 1's own pid: rank 0 gets no signal
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "--resume auto" in err, err[-3000:]
+    run = project / "runs" / "cut"
+    assert [p.name for p in run.glob("step-*")] == ["step-000004"]
+    assert (run / "step-000004" / "random_states_1.pkl").exists()  # rank 1 took part in the save
+    assert (run / "latest").read_text().strip() == "step-000004" and not (run / "final").exists()
+
+
+def test_a_disk_error_on_the_main_process_fails_both_ranks(project):
+    no_dropout(project, max_steps=8, save_every=2)
+    proc = launch_two(project, env={"GPTUNE_TEST_FAULT": "enospc@4/0"})
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "could not write checkpoint" in err and "process 0: the disk is full" in err, err[-3000:]
+    assert "step-000002 is intact" in err
+    run = project / "runs" / "tiny"
+    assert [p.name for p in run.glob("step-*")] == ["step-000002"] and not list(run.glob(".tmp-*"))
+
+
+def test_a_hung_rank_becomes_an_error_after_dist_timeout(project, tiny_tokenizer_dir):
+    # a ready tokenizer: setup is short, so the 15 s limit is met everywhere but at the hung step
+    no_dropout(project, max_steps=8, save_every=1000)
+    recipe = (project / "r.yaml").read_text().replace("tokenizer: train, vocab_size: 400", f"tokenizer: {tiny_tokenizer_dir}")
+    (project / "r.yaml").write_text(recipe)
+    t = time.monotonic()
+    proc = launch_two(project, "--set", "train.dist_timeout=15",
+                      env={"GPTUNE_TEST_FAULT": "pause@3/1", "GPTUNE_TEST_PAUSE_SECONDS": "600"})
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, err[-3000:]
+    # rank 0 waited at step 3's agreement for rank 1, which stays stuck for 600 s
+    assert "process 0: the other processes did not answer within train.dist_timeout" in err, err[-3000:]
+    assert time.monotonic() - t < 400  # far below the 600 s pause, even on a loaded machine
