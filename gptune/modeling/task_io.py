@@ -99,13 +99,14 @@ def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = F
 
 def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, ids: SpecialIds | None):
     """Base LM + task head (+ LoRA) for training, from the recipe."""
+    from gptune.modeling.gpt import enable_gradient_checkpointing
     from gptune.modeling.heads import GPT1TaskModel
     from gptune.modeling.lora import apply_lora
 
     lm = prepare_base(recipe.model.name_or_path, tokenizer, flag="--model",
                       trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout)
     if recipe.model.gradient_checkpointing:
-        lm.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(lm)
     model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout)
     if recipe.lora.enabled:
         new_ids = [] if ids is None else [ids.start, ids.delim, ids.end]

@@ -18,7 +18,7 @@ from gptune.errors import GptuneError
 from gptune.runners.common import RunSummary, finish, open_run, prepare_training, publish_final
 from gptune.tasks import TaskSpec, custom_task, get_task
 from gptune.training.checkpoint import TrainState
-from gptune.training.loop import StepOutput, train
+from gptune.training.loop import StepOutput, compile_in_place, train
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "finetune.yaml"
 HUB_MODEL = "openai-community/openai-gpt"
@@ -266,6 +266,8 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     ids = add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
     data = load_task_data(recipe, task, tokenizer, ids, accelerator)
     model = build_task_model(recipe, task, tokenizer, ids)
+    if recipe.train.compile:
+        compile_in_place(model)
     if recipe.task.max_length > context_length(_lm_config(model)):
         raise GptuneError(f"task.max_length={recipe.task.max_length} is larger than the model's context "
                           f"({context_length(_lm_config(model))}); lower it")

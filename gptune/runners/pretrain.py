@@ -13,7 +13,7 @@ from gptune.console import say, summary_table
 from gptune.errors import GptuneError
 from gptune.runners.common import RunSummary, finish, open_run, prepare_training, publish_final
 from gptune.training.checkpoint import TrainState
-from gptune.training.loop import EpochSampler, StepOutput, train
+from gptune.training.loop import EpochSampler, StepOutput, compile_in_place, train
 
 
 def ensure_corpus(recipe: Recipe, accelerator) -> None:
@@ -150,7 +150,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
                           f"({context_length(lm.config)}); lower it or raise model.config.n_positions")
     model = LMWithLoss(lm)
     if recipe.train.compile:
-        model = torch.compile(model)
+        compile_in_place(model)
     say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} | "
         f"data {recipe.data.path} | out {run_dir}")
     say(f"  {count_parameters(lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} train / "

@@ -101,6 +101,13 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     return acc
 
 
+def compile_in_place(model: torch.nn.Module) -> None:
+    """``train.compile``: compile the module's forward in place (``nn.Module.compile``). ``torch.compile(model)``
+    would wrap it instead, and every state dict taken through the wrapper (checkpoints, ``final/``) would carry
+    ``_orig_mod.`` keys that ``from_pretrained`` silently ignores, loading random weights."""
+    model.compile()
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """A seeded permutation per epoch: the order depends only on (seed, epoch), so a resumed run
     sees exactly the batches an uninterrupted one would."""
