@@ -18,7 +18,7 @@ from gptune.errors import GptuneError
 from gptune.runners.common import RunSummary, finish, open_run, prepare_training, publish_final
 from gptune.tasks import TaskSpec, custom_task, get_task
 from gptune.training.checkpoint import TrainState
-from gptune.training.loop import StepOutput, compile_in_place, train
+from gptune.training.loop import StepOutput, compile_in_place, loader_kwargs, train
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "finetune.yaml"
 HUB_MODEL = "openai-community/openai-gpt"
@@ -204,12 +204,14 @@ def build_task_loaders(recipe: Recipe, data: TaskData, collate):
         # its own generator: creating the epoch's iterator then draws no number from the global RNG, so
         # dropout after a mid-epoch resume matches the uninterrupted run
         train_loader = torch.utils.data.DataLoader(data.train, batch_size=micro, sampler=sampler, drop_last=True,
-                                                   collate_fn=collate, generator=torch.Generator().manual_seed(0))
+                                                   collate_fn=collate, generator=torch.Generator().manual_seed(0),
+                                                   **loader_kwargs(recipe.train))
     evals = {}
     for name, ds in data.evals.items():
         # visit rows longest first: the least padding; predictions are put back in row order
         order = sorted(range(len(ds)), key=lambda i, lengths=ds["length"]: -lengths[i])
-        evals[name] = torch.utils.data.DataLoader(ds, batch_size=micro * 2, sampler=order, collate_fn=collate)
+        evals[name] = torch.utils.data.DataLoader(ds, batch_size=micro * 2, sampler=order, collate_fn=collate,
+                                                  **loader_kwargs(recipe.train))
     return train_loader, evals
 
 

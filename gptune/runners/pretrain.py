@@ -13,7 +13,7 @@ from gptune.console import say, summary_table
 from gptune.errors import GptuneError
 from gptune.runners.common import RunSummary, finish, open_run, prepare_training, publish_final
 from gptune.training.checkpoint import TrainState
-from gptune.training.loop import EpochSampler, StepOutput, compile_in_place, train
+from gptune.training.loop import EpochSampler, StepOutput, compile_in_place, loader_kwargs, train
 
 
 def ensure_corpus(recipe: Recipe, accelerator) -> None:
@@ -56,11 +56,12 @@ def build_loaders(recipe: Recipe, data):
         data.train, batch_size=micro, sampler=EpochSampler(len(data.train), recipe.seed), drop_last=True,
         # each new iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
         # so a run resumed mid-epoch sees the same dropout masks as an uninterrupted one
-        generator=torch.Generator().manual_seed(recipe.seed),
+        generator=torch.Generator().manual_seed(recipe.seed), **loader_kwargs(recipe.train),
     )
     val_loader = None
     if data.val is not None and len(data.val):
-        val_loader = torch.utils.data.DataLoader(data.val, batch_size=micro, shuffle=False)
+        val_loader = torch.utils.data.DataLoader(data.val, batch_size=micro, shuffle=False,
+                                                 **loader_kwargs(recipe.train))
     return train_loader, val_loader
 
 

@@ -69,7 +69,7 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     from datetime import timedelta
 
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
 
     # Without accelerators, processes started by torchrun talk over gloo only when told cpu=True.
     cpu = not torch.cuda.is_available()
@@ -96,9 +96,19 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
         # our schedule counts optimizer steps; Accelerate would step it once per process otherwise
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
+        # batches come from pinned memory on CUDA (loader_kwargs): copy them to the GPU asynchronously
+        dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
         **kwargs,
     )
     return acc
+
+
+def loader_kwargs(cfg: TrainConfig) -> dict:
+    """DataLoader worker and pinning options: ``train.num_workers`` (default 0 on CPU, where the cores train,
+    and 2 on CUDA, where batches are then prepared while the GPU computes) and pinned memory on CUDA."""
+    cuda = torch.cuda.is_available()
+    workers = cfg.num_workers if cfg.num_workers is not None else (2 if cuda else 0)
+    return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
 
 
 def compile_in_place(model: torch.nn.Module) -> None:
