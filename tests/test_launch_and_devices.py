@@ -3,6 +3,7 @@ the device generation runs on, and the DataLoader options on CUDA (checked here 
 
 from __future__ import annotations
 
+import sys
 import types
 
 import pytest
@@ -100,3 +101,14 @@ def test_data_loaders_use_workers_and_pinned_memory_on_cuda(monkeypatch):
                                    data=types.SimpleNamespace(block_size=8))
     train, val = build_loaders(recipe, types.SimpleNamespace(train=blocks, val=blocks))
     assert (train.num_workers, train.pin_memory, val.num_workers, val.pin_memory) == (2, True, 2, True)
+
+
+def test_gpu_check_refuses_in_one_line_without_cuda():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "gpu_check: no CUDA device is visible (torch.cuda.is_available() is False); run it on a GPU machine"]
