@@ -62,6 +62,7 @@ MFU_TARGET, TRAINER_GOAL = 45.0, 1.3
 
 @dataclass(frozen=True)
 class Shape:
+    label: str
     n_layer: int
     n_embd: int
     n_head: int
@@ -76,8 +77,8 @@ class Shape:
     ft_length: int
 
 
-GPU = Shape(12, 768, 12, 1024, 50257, 16, 30, 10, "bf16", 400_000, 30, 128)
-SMOKE = Shape(2, 64, 2, 64, 1000, 2, 6, 2, "no", 20_000, 4, 32)
+GPU = Shape("GPT-2 124M bf16", 12, 768, 12, 1024, 50257, 16, 30, 10, "bf16", 400_000, 30, 128)
+SMOKE = Shape("tiny fp32 (CPU smoke)", 2, 64, 2, 64, 1000, 2, 6, 2, "no", 20_000, 4, 32)
 
 
 def peak_bf16(name: str) -> float | None:
@@ -118,6 +119,7 @@ def write_corpus(folder: Path, shape: Shape) -> Path:
 def glue_dir(arg: str | None, work: Path, shape: Shape) -> tuple[Path, str]:
     """$GPTUNE_DATA/glue (or --glue-dir) when it holds SST-2, else a synthetic SST-2 in the GLUE layout."""
     for cand in (arg, os.path.join(os.environ["GPTUNE_DATA"], "glue") if os.environ.get("GPTUNE_DATA") else None):
+        # a real glue_data folder, as `gptune finetune --data-dir` reads it
         if cand and (Path(cand) / "SST-2" / "train.tsv").is_file():
             return Path(cand), "SST-2 from " + cand
     sst = work / "glue" / "SST-2"
@@ -145,8 +147,10 @@ def run(cmd: list[str], *, cwd: Path, env: dict, timeout: float) -> str:
     log.parent.mkdir(exist_ok=True)
     log.write_text(" ".join(cmd) + "\n\n" + out.stdout + "\n" + out.stderr)
     if out.returncode != 0:
-        last = [ln for ln in out.stderr.splitlines() if ln.strip()][-1:] or ["(no output)"]
-        raise CheckFailed(f"exit {out.returncode}: {last[0][:200]} (log {log})")
+        lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+        said = [ln for ln in lines if ln.lower().startswith(("error", "[rank0]: error", "runtimeerror"))]
+        last = (said or lines or ["(no output)"])[-1]
+        raise CheckFailed(f"exit {out.returncode}: {last[:200]} (log {log})")
     return out.stdout
 
 
@@ -158,7 +162,7 @@ def write_recipe(path: Path, shape: Shape, corpus: Path, tokenizer: Path) -> Pat
         f"data: {{path: {corpus}, block_size: {shape.seq}, val_fraction: 0.0}}\n"
         f"train: {{max_steps: {shape.steps}, micro_batch_size: {shape.micro}, global_batch_size: {shape.micro}, "
         f"warmup: 2, eval_every: 0, save_every: 0, log_every: {shape.log_every}, "
-        f"mixed_precision: {shape.precision}}}\n")
+        f"mixed_precision: '{shape.precision}'}}\n")
     return path
 
 
@@ -199,7 +203,7 @@ def check_pretrain(ctx: Ctx, compile: bool, trainer: Stat | None) -> list[dict]:
     rate = window_rates(out)
     if not compile:
         ctx.final, ctx.one_gpu = out / "final", rate.median
-    name = f"pretrain 124M {ctx.shape.precision}, compile {'on' if compile else 'off'}"
+    name = f"pretrain {ctx.shape.label}, compile {'on' if compile else 'off'}"
     rows = [row(name, "tokens/s, 1 GPU", rate, trainer, "HF Trainer" if trainer else "-",
                 target=f">= {TRAINER_GOAL}x Trainer" if trainer else "", note=ctx.device)]
     peak = peak_bf16(ctx.device)
@@ -230,7 +234,7 @@ def check_launch(ctx: Ctx, config: str) -> list[dict]:
          "--set", f"train.global_batch_size={ctx.shape.micro * n}"], cwd=ctx.work, env=ctx.env, timeout=ctx.timeout)
     rate = window_rates(out)
     scaling = f"{rate.median / (n * ctx.one_gpu):.0%} of {n} x 1 GPU" if ctx.one_gpu else ""
-    return [row(f"pretrain 124M, {config.upper()} x {n}", "tokens/s, all processes", rate, None, "-", note=scaling)]
+    return [row(f"pretrain {ctx.shape.label}, {config.upper()} x {n}", "tokens/s, all processes", rate, None, "-", note=scaling)]
 
 
 def check_finetune(ctx: Ctx, lora: bool) -> list[dict]:
@@ -241,7 +245,7 @@ def check_finetune(ctx: Ctx, lora: bool) -> list[dict]:
     gptune(ctx, "finetune", "--task", "sst2", "--lora" if lora else "--full", "--model", str(ctx.final),
            "--data-dir", str(ctx.glue), "--out-dir", str(out), "--set", f"train.max_steps={s.ft_steps}",
            "--set", "train.eval_every=0", "--set", "train.save_every=0", "--set", f"train.log_every={s.log_every}",
-           "--set", f"task.max_length={s.ft_length}", "--set", f"train.mixed_precision={s.precision}",
+           "--set", f"task.max_length={s.ft_length}", "--set", f"train.mixed_precision='{s.precision}'",
            "--set", f"train.micro_batch_size={s.micro * 2}", "--set", f"train.global_batch_size={s.micro * 2}")
     acc = json.loads((out / "final" / "metrics.json").read_text()).get("accuracy")
     return [row(f"finetune SST-2 {'LoRA' if lora else 'full'}", "tokens/s (non-pad)", window_rates(out), None, "-",
@@ -331,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                GPTUNE_CACHE=str(work / "cache"))
     if a.cpu_smoke:
         gpus, device = 2, "CPU (smoke run, tiny shapes)"  # 2 CPU processes stand in for the multi-GPU rows
+        env.setdefault("OMP_NUM_THREADS", "1")  # tiny ops on shared cores: thread hand-offs dominate otherwise
     else:
         gpus, device = torch.cuda.device_count(), torch.cuda.get_device_name(0)
     write_tokenizer(work / "tokenizer", shape.vocab)
