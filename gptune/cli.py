@@ -103,12 +103,27 @@ def pretrain(
 ) -> None:
     """Causal-LM pretraining of a GPT on packed text (random init or a pretrained checkpoint)."""
     _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
-    from gptune.config import load_recipe
+    from gptune.recipes import load_recipe
 
     r = load_recipe(recipe, {"out_dir": out_dir, "train.max_steps": max_steps}, set_)
     from gptune.runners.pretrain import run_pretrain
 
     run_pretrain(r, resume=resume, overwrite=overwrite, command=f"gptune pretrain {r.run_dir}/recipe.yaml")
+
+
+@app.command()
+def prepare(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose data (and tokenizer) to prepare.")],
+    set_: SetOpt = None,
+    out_dir: OutDirOpt = None,
+) -> None:
+    """Tokenize and pack the recipe's corpus into token shards on disk, once (pretrain then memory-maps them)."""
+    from gptune.recipes import load_recipe
+
+    r = load_recipe(recipe, {"out_dir": out_dir}, set_)
+    from gptune.runners.prepare import run_prepare
+
+    run_prepare(r)
 
 
 @app.command()
@@ -171,7 +186,7 @@ def finetune(
 ) -> None:
     """Fine-tune a GPT on a task with GPT-1's input transformations and auxiliary LM loss (full or LoRA)."""
     _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
-    from gptune.config import build_recipe, read_recipe_file
+    from gptune.recipes import build_recipe, read_recipe_file
     from gptune.runners.finetune import DEFAULT_RECIPE, run_finetune
 
     raw = read_recipe_file(recipe or DEFAULT_RECIPE)
@@ -220,12 +235,20 @@ def eval_(
                      json_path=json_path)
         return
     if glue:
-        from gptune.runners.evaluate import run_glue_eval
+        from gptune.runners.finetune import run_glue_eval
 
         run_glue_eval(_model_or_default(model), data_dir=data_dir, lora=lora, sets=set_)
         return
     if model is None:
         raise GptuneError("eval --task: pass --model RUN/final (a folder written by gptune finetune)")
+    from gptune.modeling.task_io import is_task_model
+
+    if not is_task_model(model):  # a plain LM: fine-tune it on the task first (LoRA), then score that
+        if task is None:
+            raise GptuneError(f"--model {model}: not a task model; pass --task to fine-tune it on one first")
+        from gptune.runners.finetune import finetune_for_eval
+
+        model = str(finetune_for_eval(task, model, data_dir, lora=True).final_dir)
     from gptune.runners.evaluate import run_task_eval
 
     run_task_eval(model, task=task, data_dir=data_dir, split=split)
@@ -259,7 +282,7 @@ def recipes_validate(
     set_: SetOpt = None,
 ) -> None:
     """Check a recipe (keys, types, ranges) without training anything."""
-    from gptune.config import load_recipe
+    from gptune.recipes import load_recipe
 
     r = load_recipe(recipe, None, set_)
     typer.echo(f"{recipe}: ok (run folder {r.run_dir})")
@@ -271,7 +294,7 @@ def recipes_show(
     set_: SetOpt = None,
 ) -> None:
     """Print the fully resolved recipe (defaults < YAML < --set)."""
-    from gptune.config import load_recipe
+    from gptune.recipes import load_recipe
 
     typer.echo(load_recipe(recipe, None, set_).to_yaml(), nl=False)
 
@@ -279,7 +302,7 @@ def recipes_show(
 @recipes_app.command("docs")
 def recipes_docs() -> None:
     """Print the Markdown reference of every recipe key (the source of docs/recipes.md)."""
-    from gptune.config import recipe_reference
+    from gptune.recipe_docs import recipe_reference
 
     typer.echo(recipe_reference())
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -45,10 +46,6 @@ def warn(message: str) -> None:
         err_console.print(f"[yellow]warning:[/] {message}")
 
 
-def progress_enabled() -> bool:
-    return is_main_process() and os.environ.get("GPTUNE_NO_PROGRESS", "") == "" and sys.stderr.isatty() is not None
-
-
 def make_progress(transient: bool = False) -> Progress:
     """A progress bar with step count, elapsed time and ETA; fields are filled in by the caller."""
     return Progress(
@@ -61,6 +58,20 @@ def make_progress(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        disable=not is_main_process() or os.environ.get("GPTUNE_NO_PROGRESS", "") != "",
+    )
+
+
+def make_byte_progress() -> Progress:
+    """A progress bar over bytes of text: bytes done / total, bytes/s, a caller-filled info field (tokens/s)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
         disable=not is_main_process() or os.environ.get("GPTUNE_NO_PROGRESS", "") != "",
     )
 
@@ -109,7 +120,3 @@ def summary_table(title: str, rows: dict[str, Any]) -> None:
             v = f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
         table.add_row(k, str(v))
     console.print(table)
-
-
-def fmt_float(x: float, digits: int = 4) -> str:
-    return f"{x:.{digits}g}"

@@ -19,6 +19,13 @@ class GptuneError(Exception):
         super().__init__("\n".join(self.problems))
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty): what a
+    one-line error quotes of a library's multi-line message."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class Interrupted(Exception):
     """A run stopped by SIGINT/SIGTERM (on any process) after writing a checkpoint; the CLI prints how to
     resume and exits with 128 + the signal number."""

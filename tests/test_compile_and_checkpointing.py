@@ -46,8 +46,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch):
 def test_gradient_checkpointing_is_accepted_for_openai_gpt_in_a_recipe(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from gptune.config import build_recipe
     from gptune.modeling.gpt import build_causal_lm
+    from gptune.recipes import build_recipe
 
     r = build_recipe({"model": {"arch": "openai-gpt", "gradient_checkpointing": True, "tokenizer": tiny_tokenizer_dir,
                                 "config": {"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32}},

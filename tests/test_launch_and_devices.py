@@ -88,8 +88,8 @@ def test_generation_runs_on_the_gpu_when_there_is_one(monkeypatch, tiny_model_di
 
 def test_data_loaders_use_workers_and_pinned_memory_on_cuda(monkeypatch):
     from gptune.config import TrainConfig
+    from gptune.data.collate import loader_kwargs
     from gptune.runners.pretrain import build_loaders
-    from gptune.training.loop import loader_kwargs
 
     cfg = TrainConfig(max_steps=1)
     assert loader_kwargs(cfg) == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}

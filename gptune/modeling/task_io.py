@@ -43,9 +43,11 @@ class TaskModelInfo:
         path = Path(folder) / TASK_FILE
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            ids = d.get("special_ids")
+            marks = d.get("special_ids")
+            if marks is not None and "end" in marks:  # task.json written before the field was named extract
+                marks["extract"] = marks.pop("end")
             return cls(TaskSpec.from_dict(d["task"]), d["input_style"], int(d["max_length"]), d["base_model"],
-                       bool(d["lora"]), None if ids is None else SpecialIds(**ids))
+                       bool(d["lora"]), None if marks is None else SpecialIds(**marks))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise GptuneError(f"{path}: not a valid task.json ({type(e).__name__}: {e})") from None
 
@@ -68,18 +70,8 @@ def check_model_folder(spec: str, flag: str = "--model") -> None:
                           "pass a folder written by gptune, e.g. runs/<name>/final")
 
 
-def load_tokenizer(spec: str, flag: str = "--model"):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(spec)
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise GptuneError(f"{flag} {spec}: cannot load its tokenizer ({first}); save the tokenizer next to the "
-                          "model or set model.tokenizer") from None
-
-
-def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = False, dropout: float | None = None):
+def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = False, dropout: float | None = None,
+                 new_token_init: str = "mean"):
     """The base LM with embeddings grown for the GPT-1 markers, new rows initialised deterministically."""
     from transformers.utils import logging as hf_logging
 
@@ -93,23 +85,27 @@ def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = F
         set_dropout(lm, dropout)
     n_old = lm.get_input_embeddings().weight.shape[0]
     fit_tokenizer(lm, tokenizer, source=spec)
-    init_new_rows(lm, n_old)
+    init_new_rows(lm, n_old, new_token_init)
     return lm
 
 
-def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, ids: SpecialIds | None):
+def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: SpecialIds | None):
     """Base LM + task head (+ LoRA) for training, from the recipe."""
-    from gptune.modeling.gpt import enable_gradient_checkpointing
+    from gptune.modeling.gpt import enable_gradient_checkpointing, reinit_blocks_above
     from gptune.modeling.heads import GPT1TaskModel
     from gptune.modeling.lora import apply_lora
 
     lm = prepare_base(recipe.model.name_or_path, tokenizer, flag="--model",
-                      trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout)
+                      trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout,
+                      new_token_init=recipe.task.new_token_init)
+    if recipe.model.transfer_layers is not None:
+        reinit_blocks_above(lm, recipe.model.transfer_layers)
     if recipe.model.gradient_checkpointing:
         enable_gradient_checkpointing(lm)
-    model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout)
+    model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout,
+                          lm_loss_mean=recipe.task.lm_loss_mean)
     if recipe.lora.enabled:
-        new_ids = [] if ids is None else [ids.start, ids.delim, ids.end]
+        new_ids = [] if special_ids is None else [special_ids.start, special_ids.delim, special_ids.extract]
         model = apply_lora(model, recipe.lora, new_ids)
     return model
 
@@ -146,6 +142,7 @@ def load_task_model(folder: str | Path, *, flag: str = "--model"):
     from safetensors.torch import load_file
 
     from gptune.modeling.heads import GPT1TaskModel
+    from gptune.tokenization import load_tokenizer
 
     folder = Path(folder).expanduser()
     check_model_folder(str(folder), flag)
@@ -153,7 +150,7 @@ def load_task_model(folder: str | Path, *, flag: str = "--model"):
         raise GptuneError(f"{flag} {folder}: a language model, not a task model (no {TASK_FILE}); "
                           "fine-tune it first: gptune finetune --task T --model " + str(folder))
     info = TaskModelInfo.read(folder)
-    tokenizer = load_tokenizer(str(folder), flag)
+    tokenizer = load_tokenizer(str(folder), field=flag)
     if info.lora:
         from peft import PeftModel
 

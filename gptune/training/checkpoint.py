@@ -15,9 +15,10 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gptune.config import Recipe, recipe_diff
+from gptune.config import Recipe
 from gptune.distributed import failures
-from gptune.errors import GptuneError
+from gptune.errors import GptuneError, first_line
+from gptune.recipes import recipe_diff
 from gptune.training.faults import fault, pause
 
 STATE_FILE = "trainer_state.json"
@@ -50,6 +51,12 @@ class TrainState:
     """Optimizer steps skipped (by every process) because a loss in them was not finite."""
     history: dict = field(default_factory=dict)
     """Last evaluation metrics."""
+    best: dict = field(default_factory=dict)
+    """``task.keep_best``: step, metric, value and metrics of the best evaluation so far."""
+    lr_plan: dict = field(default_factory=dict)
+    """The learning-rate plan (``training.optim.LrPlan``) the run follows; empty in older checkpoints."""
+    processes: int = 0
+    """Processes that wrote the checkpoint (0: unknown, an older checkpoint)."""
 
 
 def fsync_tree(path: Path) -> None:
@@ -91,6 +98,28 @@ def find_latest(run_dir: Path) -> Path | None:
             return cand
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def newest_final(root: Path = Path("runs"), *, pretrained_only: bool = False) -> Path | None:
+    """The newest ``final/`` under ``root`` written by gptune (its recipe.yaml beside it); with
+    ``pretrained_only``, the newest written by ``gptune pretrain`` (a model whose recipe has no task)."""
+    import yaml
+
+    found = []
+    for final in Path(root).glob("**/final"):
+        if not (final / "recipe.yaml").is_file():
+            continue
+        if pretrained_only:
+            if not (final / "config.json").is_file() or (final / "task.json").exists():
+                continue
+            try:
+                saved = yaml.safe_load((final / "recipe.yaml").read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            if (saved.get("task") or {}).get("name"):
+                continue
+        found.append((final.stat().st_mtime, final))
+    return max(found)[1] if found else None
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
@@ -149,6 +178,8 @@ class Checkpointer:
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
         self.recipe_yaml = recipe_yaml
+        self.saved_step: int | None = None
+        """Step of the newest checkpoint written or loaded by this run."""
 
     def save(self, state: TrainState) -> Path:
         """Every process takes part (each writes its own RNG state, the main one the weights); an error on
@@ -164,6 +195,7 @@ class Checkpointer:
         self._raise_if_failed(error, final, tmp)
         error = _attempt(lambda: self._publish(tmp, final, state)) if acc.is_main_process else None
         self._raise_if_failed(error, final, tmp)  # also the barrier: nobody goes on before the rename
+        self.saved_step = state.step
         return final
 
     def _write_state(self, tmp: Path, state: TrainState) -> None:
@@ -195,6 +227,10 @@ class Checkpointer:
         raise GptuneError(f"could not write checkpoint {final}: {reason}; the partial checkpoint was removed"
                           + (f" and {kept.name} is intact" if kept else ""))
 
+    def save_unless_saved(self, state: TrainState) -> Path | None:
+        """The end of a run: a resumable checkpoint of its last step, whatever ``train.save_every`` is."""
+        return None if self.saved_step == state.step else self.save(state)
+
     def _prune(self) -> None:
         ckpts = list_checkpoints(self.run_dir)
         for old in ckpts[: max(0, len(ckpts) - self.keep_last)]:
@@ -203,12 +239,18 @@ class Checkpointer:
     def load(self, ckpt: Path) -> TrainState:
         """Restore everything from ``ckpt``. Weights come from safetensors and the optimizer/RNG pickles
         are read with ``weights_only=True``: a checkpoint can hold data, never code that runs."""
+        saved = read_state(ckpt)
+        here = self.accelerator.num_processes
+        if saved.processes and saved.processes != here:
+            raise GptuneError(f"--resume {ckpt}: the checkpoint was written by {saved.processes} process(es) and "
+                              f"this run has {here}; resume with --num-processes {saved.processes} (the data "
+                              "position and random states are per process)")
         try:
             self.accelerator.load_state(str(ckpt))
-            data = json.loads((ckpt / STATE_FILE).read_text())
-            return TrainState(**data)
+            self.saved_step = saved.step
+            return saved
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise GptuneError(f"--resume {ckpt}: cannot load this checkpoint safely ({type(e).__name__}: "
                               f"{first[:200]}); resume from an earlier step-*/ folder") from None
         except Exception as e:  # pickle.UnpicklingError and friends from a tampered file
@@ -225,3 +267,12 @@ def _attempt(write) -> str | None:
     except OSError as e:
         return "the disk is full" if e.errno == errno.ENOSPC else str(e)
     return None
+
+
+def read_state(ckpt: Path) -> TrainState:
+    """The ``TrainState`` a checkpoint was written at (its ``trainer_state.json``)."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        return TrainState(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise GptuneError(f"--resume {ckpt}: cannot read {STATE_FILE} ({type(e).__name__}: {e})") from None

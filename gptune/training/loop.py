@@ -103,14 +103,6 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     return acc
 
 
-def loader_kwargs(cfg: TrainConfig) -> dict:
-    """DataLoader worker and pinning options: ``train.num_workers`` (default 0 on CPU, where the cores train,
-    and 2 on CUDA, where batches are then prepared while the GPU computes) and pinned memory on CUDA."""
-    cuda = torch.cuda.is_available()
-    workers = cfg.num_workers if cfg.num_workers is not None else (2 if cuda else 0)
-    return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
-
-
 def compile_in_place(model: torch.nn.Module) -> None:
     """``train.compile``: compile the module's forward in place (``nn.Module.compile``). ``torch.compile(model)``
     would wrap it instead, and every state dict taken through the wrapper (checkpoints, ``final/``) would carry
