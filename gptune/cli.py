@@ -35,36 +35,53 @@ ResumeOpt = Annotated[str | None, typer.Option(help="Continue a run: 'auto' (lat
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing run in the output folder.")]
 OutDirOpt = Annotated[str | None, typer.Option("--out-dir", help="Run folder (default runs/<recipe name>).")]
 ProcsOpt = Annotated[int | None, typer.Option("--num-processes", help="Start N processes through "
-                                                                       "accelerate launch (same as accelerate launch -m gptune ...).")]
+                                                                       "accelerate launch (same as accelerate launch -m gptune ...); "
+                                                                       "with --num-machines: all machines together.")]
+MachinesOpt = Annotated[int, typer.Option("--num-machines", help="Machines taking part (run the same command on "
+                                                                 "each, with its --machine-rank).")]
+MachineRankOpt = Annotated[int, typer.Option("--machine-rank", help="This machine's rank, 0 .. num-machines - 1 "
+                                                                    "(0 hosts the main process).")]
+MainIpOpt = Annotated[str | None, typer.Option("--main-process-ip", help="Address of machine 0, reachable from "
+                                                                         "every machine (needed with --num-machines > 1).")]
+MainPortOpt = Annotated[int | None, typer.Option("--main-process-port", help="Port of the main process (default: a "
+                                                                             "free one; 29500 across machines).")]
+LAUNCH_FLAGS = ("--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port")
 
 
 def _command_line() -> str:
     return "gptune " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _relaunch(num_processes: int | None) -> bool:
-    """With --num-processes N (N > 1) and not yet launched: re-run this command under accelerate launch."""
-    if num_processes is None or os.environ.get("ACCELERATE_LAUNCHED_GPTUNE"):
+def _relaunch(num_processes: int | None, num_machines: int = 1, machine_rank: int = 0,
+              main_process_ip: str | None = None, main_process_port: int | None = None) -> bool:
+    """With --num-processes N (N > 1, or several machines) and not yet launched: re-run this command under
+    accelerate launch, without the launch flags."""
+    if os.environ.get("ACCELERATE_LAUNCHED_GPTUNE"):
+        return False
+    if num_processes is None:
+        if num_machines > 1:
+            raise GptuneError(f"--num-machines {num_machines}: also pass --num-processes (all machines together)")
         return False
     if num_processes < 1:
         raise GptuneError(f"--num-processes must be >= 1, got {num_processes}")
-    if num_processes == 1:
+    if num_processes == 1 and num_machines == 1:
         return False
-    from gptune.distributed import launch
+    from gptune.distributed import Machines, launch
 
-    raise typer.Exit(launch(num_processes, _strip_num_processes(sys.argv[1:])))
+    machines = Machines(num_machines, machine_rank, main_process_ip, main_process_port)
+    raise typer.Exit(launch(num_processes, _strip_launch_flags(sys.argv[1:]), machines))
 
 
-def _strip_num_processes(argv: list[str]) -> list[str]:
+def _strip_launch_flags(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a == "--num-processes":
+        if a in LAUNCH_FLAGS:
             skip = True
             continue
-        if a.startswith("--num-processes="):
+        if a.split("=", 1)[0] in LAUNCH_FLAGS:
             continue
         out.append(a)
     return out
@@ -79,9 +96,13 @@ def pretrain(
     overwrite: OverwriteOpt = False,
     max_steps: Annotated[int | None, typer.Option(help="Shortcut for --set train.max_steps=N.")] = None,
     num_processes: ProcsOpt = None,
+    num_machines: MachinesOpt = 1,
+    machine_rank: MachineRankOpt = 0,
+    main_process_ip: MainIpOpt = None,
+    main_process_port: MainPortOpt = None,
 ) -> None:
     """Causal-LM pretraining of a GPT on packed text (random init or a pretrained checkpoint)."""
-    _relaunch(num_processes)
+    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
     from gptune.recipes import load_recipe
 
     r = load_recipe(recipe, {"out_dir": out_dir, "train.max_steps": max_steps}, set_)
@@ -158,9 +179,13 @@ def finetune(
     merge: Annotated[bool, typer.Option("--merge", help="Also write final/merged: the LoRA folded into a full model.")] = False,
     seed: Annotated[int | None, typer.Option(help="Seed (head init, data order, dropout).")] = None,
     num_processes: ProcsOpt = None,
+    num_machines: MachinesOpt = 1,
+    machine_rank: MachineRankOpt = 0,
+    main_process_ip: MainIpOpt = None,
+    main_process_port: MainPortOpt = None,
 ) -> None:
     """Fine-tune a GPT on a task with GPT-1's input transformations and auxiliary LM loss (full or LoRA)."""
-    _relaunch(num_processes)
+    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
     from gptune.recipes import build_recipe, read_recipe_file
     from gptune.runners.finetune import DEFAULT_RECIPE, run_finetune
 
@@ -193,9 +218,13 @@ def eval_(
     batch_size: Annotated[int | None, typer.Option(help="--ppl: windows per forward pass.")] = None,
     json_path: Annotated[str | None, typer.Option("--json", help="--ppl: also write the result to this JSON file.")] = None,
     num_processes: ProcsOpt = None,
+    num_machines: MachinesOpt = 1,
+    machine_rank: MachineRankOpt = 0,
+    main_process_ip: MainIpOpt = None,
+    main_process_port: MainPortOpt = None,
 ) -> None:
     """Evaluate: a task model on its dev split(s) (--task), all GLUE tasks (--glue), or perplexity (--ppl)."""
-    _relaunch(num_processes)
+    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
     chosen = [n for n, on in (("--ppl", ppl), ("--glue", glue), ("--task", task is not None)) if on]
     if ppl and glue or (glue and task is not None):
         raise GptuneError(f"eval: choose one of --task, --glue, --ppl (got {' and '.join(chosen)})")
@@ -296,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                 err_console.print(f"[bold red]error:[/] {line}", soft_wrap=True)
         sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - the last line of defence: known failures get a plain line
-        from gptune.training.loop import Interrupted
+        from gptune.errors import Interrupted
 
         if isinstance(e, Interrupted):
             from gptune.console import err_console, is_main_process
@@ -308,6 +337,15 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         if debug:
             raise
+        from gptune.distributed import is_timeout
+
+        if is_timeout(e):  # said by every process that waited: the main one may be the one that hung
+            from gptune.console import err_console
+
+            rank = os.environ.get("RANK", "0")
+            err_console.print(f"[bold red]error:[/] process {rank}: the other processes did not answer within "
+                              "train.dist_timeout seconds (one of them hung or died; see its output)", soft_wrap=True)
+            sys.exit(2)
         if _is_oom(e):
             from gptune.console import err_console
 

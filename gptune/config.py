@@ -187,7 +187,14 @@ class TrainConfig:
     tracker: Literal["none", "tensorboard"] = "none"
     """Experiment tracker through Accelerate, logging into the run folder."""
     skip_nonfinite: int = 0
-    """Skip up to N batches whose loss is NaN/inf before stopping the run (0: stop at the first)."""
+    """Skip up to N optimizer steps whose loss is NaN/inf on any process before stopping the run (0: stop
+    at the first). All processes skip or stop together; a skipped step's batches are not retried."""
+    dist_timeout: int = 1800
+    """Seconds a process waits for the others in a collective (all-reduce, barrier) before the run fails
+    with an error, instead of hanging when one process died or stalled."""
+    num_workers: int | None = None
+    """DataLoader worker processes per training process (absent: 0 on CPU, 2 on CUDA, where batches are
+    also pinned for fast copies to the GPU)."""
 
     def _checks(self):
         if self.max_steps is not None and self.max_steps <= 0:
@@ -214,6 +221,10 @@ class TrainConfig:
         for k in ("beta1", "beta2"):
             if not 0 <= getattr(self, k) < 1:
                 yield k, f"must be in [0, 1), got {getattr(self, k)}"
+        if self.dist_timeout <= 0:
+            yield "dist_timeout", f"must be > 0, got {self.dist_timeout}"
+        if self.num_workers is not None and self.num_workers < 0:
+            yield "num_workers", f"must be >= 0, got {self.num_workers}"
         for k in ("grad_clip", "eval_every", "save_every", "skip_nonfinite"):
             if getattr(self, k) < 0:
                 yield k, f"must be >= 0, got {getattr(self, k)}"

@@ -24,3 +24,20 @@ def first_line(e: BaseException) -> str:
     one-line error quotes of a library's multi-line message."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT/SIGTERM (on any process) after writing a checkpoint; the CLI prints how to
+    resume and exits with 128 + the signal number."""
+
+    def __init__(self, signum: int, checkpoint=None):
+        import signal
+
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class NonFiniteLoss(GptuneError):
+    """The loss was NaN/inf more often than ``train.skip_nonfinite`` allows."""

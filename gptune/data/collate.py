@@ -83,3 +83,11 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
             order = torch.randperm(len(full), generator=g).tolist()
             out += [i for k in order for i in full[k]] + [i for b in batches if len(b) < self.batch_size for i in b]
         return iter(out)
+
+
+def loader_kwargs(cfg) -> dict:
+    """DataLoader worker and pinning options: ``train.num_workers`` (default 0 on CPU, where the cores train,
+    and 2 on CUDA, where batches are then prepared while the GPU computes) and pinned memory on CUDA."""
+    cuda = torch.cuda.is_available()
+    workers = cfg.num_workers if cfg.num_workers is not None else (2 if cuda else 0)
+    return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}

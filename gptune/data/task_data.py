@@ -56,7 +56,7 @@ def build_collator(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: Speci
 
 
 def build_task_loaders(recipe: Recipe, data: TaskData, collate):
-    from gptune.data.collate import LengthGroupedSampler
+    from gptune.data.collate import LengthGroupedSampler, loader_kwargs
 
     micro = recipe.train.micro_batch_size
     train_loader = None
@@ -67,10 +67,12 @@ def build_task_loaders(recipe: Recipe, data: TaskData, collate):
         # its own generator: creating the epoch's iterator then draws no number from the global RNG, so
         # dropout after a mid-epoch resume matches the uninterrupted run
         train_loader = torch.utils.data.DataLoader(data.train, batch_size=micro, sampler=sampler, drop_last=True,
-                                                   collate_fn=collate, generator=torch.Generator().manual_seed(0))
+                                                   collate_fn=collate, generator=torch.Generator().manual_seed(0),
+                                                   **loader_kwargs(recipe.train))
     evals = {}
     for name, ds in data.evals.items():
         # visit rows longest first: the least padding; predictions are put back in row order
         order = sorted(range(len(ds)), key=lambda i, lengths=ds["length"]: -lengths[i])
-        evals[name] = torch.utils.data.DataLoader(ds, batch_size=micro * 2, sampler=order, collate_fn=collate)
+        evals[name] = torch.utils.data.DataLoader(ds, batch_size=micro * 2, sampler=order, collate_fn=collate,
+                                                  **loader_kwargs(recipe.train))
     return train_loader, evals

@@ -60,8 +60,35 @@ def build_causal_lm(mcfg: ModelConfig, tokenizer) -> nn.Module:
         model = use_sdpa_attention(AutoModelForCausalLM.from_config(config))
     fit_tokenizer(model, tokenizer, source=mcfg.name_or_path or "the random config")
     if mcfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(model)
     return model
+
+
+def enable_gradient_checkpointing(lm: nn.Module) -> None:
+    """``model.gradient_checkpointing``: recompute each transformer block in backward instead of keeping its
+    activations. transformers' own switch where the model has one (GPT-2); otherwise (OpenAI-GPT) each block's
+    forward runs under ``torch.utils.checkpoint``, replaced per instance so the state dict keeps its keys."""
+    import types
+
+    if lm.supports_gradient_checkpointing:
+        lm.activation_checkpointing_enable({"use_reentrant": False})
+        return
+    body, _ = body_and_head(lm)
+    blocks = getattr(body, "h", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise GptuneError(f"model.gradient_checkpointing: not supported for {type(lm).__name__}; set it to false")
+    for block in blocks:
+        block.forward = types.MethodType(_checkpointed_forward, block)
+
+
+def _checkpointed_forward(block: nn.Module, *args, **kwargs):
+    # a MethodType on the instance: deepcopy (LoRA merge) rebinds it to the copy
+    forward = type(block).forward
+    if block.training and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(forward, block, *args, use_reentrant=False, **kwargs)
+    return forward(block, *args, **kwargs)
 
 
 def load_pretrained_lm(spec: str, *, trust_remote_code: bool = False, field: str = "--model"):

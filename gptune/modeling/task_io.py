@@ -91,7 +91,7 @@ def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = F
 
 def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: SpecialIds | None):
     """Base LM + task head (+ LoRA) for training, from the recipe."""
-    from gptune.modeling.gpt import reinit_blocks_above
+    from gptune.modeling.gpt import enable_gradient_checkpointing, reinit_blocks_above
     from gptune.modeling.heads import GPT1TaskModel
     from gptune.modeling.lora import apply_lora
 
@@ -101,7 +101,7 @@ def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: Spe
     if recipe.model.transfer_layers is not None:
         reinit_blocks_above(lm, recipe.model.transfer_layers)
     if recipe.model.gradient_checkpointing:
-        lm.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(lm)
     model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout,
                           lm_loss_mean=recipe.task.lm_loss_mean)
     if recipe.lora.enabled:

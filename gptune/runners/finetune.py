@@ -13,7 +13,7 @@ from gptune.errors import GptuneError
 from gptune.recipes import build_recipe, read_recipe_file
 from gptune.tasks import GLUE_TASKS, TaskSpec, build_task_spec
 from gptune.training.checkpoint import TrainState, newest_final
-from gptune.training.loop import StepOutput, train
+from gptune.training.loop import StepOutput, compile_in_place, train
 from gptune.training.run import RunSummary, finish, open_run, prepare_training, promote_best, publish_final
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "finetune.yaml"
@@ -113,7 +113,7 @@ def resolve_recipe(recipe: Recipe, *, reuse: bool) -> Recipe:
 def task_step(model, batch) -> StepOutput:
     out = model(**batch)
     parts = {k: out[k] for k in ("task_loss", "lm_loss") if k in out}
-    return StepOutput(loss=out["loss"], parts=parts, tokens=int(batch["attention_mask"].sum()))
+    return StepOutput(loss=out["loss"], parts=parts, tokens=batch["attention_mask"].sum())  # stays on device
 
 
 def fit_max_length(recipe: Recipe, spec: str) -> Recipe:
@@ -171,6 +171,8 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     special_ids = add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
     data = load_task_data(recipe, task, tokenizer, special_ids, accelerator)
     model = build_task_model(recipe, task, tokenizer, special_ids)
+    if recipe.train.compile:
+        compile_in_place(model)
     context = context_length(_lm_config(model))
     if context is not None and recipe.task.max_length > context:
         raise GptuneError(f"task.max_length={recipe.task.max_length} is larger than the model's context "

@@ -5,6 +5,17 @@ from __future__ import annotations
 from gptune.errors import GptuneError
 
 
+def generation_device():
+    """Where sampling runs: the GPU when there is one (then Apple's MPS), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def run_generate(model_spec: str, prompt: str, *, max_new_tokens: int = 60, temperature: float = 0.8,
                  top_k: int = 50, top_p: float = 0.95, num_samples: int = 1, seed: int = 0) -> list[str]:
     import torch
@@ -18,7 +29,8 @@ def run_generate(model_spec: str, prompt: str, *, max_new_tokens: int = 60, temp
         raise GptuneError(f"--temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise GptuneError(f"--top-p must be in (0, 1], got {top_p}")
-    model = load_pretrained_lm(model_spec, field="--model").eval()
+    device = generation_device()
+    model = load_pretrained_lm(model_spec, field="--model").eval().to(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_spec)
     except (OSError, ValueError) as e:
@@ -31,6 +43,7 @@ def run_generate(model_spec: str, prompt: str, *, max_new_tokens: int = 60, temp
         strip = 1
     else:
         strip = 0
+    ids = ids.to(device)
     do_sample = temperature > 0
     with torch.inference_mode():
         out = model.generate(

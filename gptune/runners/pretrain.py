@@ -10,9 +10,10 @@ import torch
 
 from gptune.config import Recipe
 from gptune.console import say, summary_table
+from gptune.data.collate import loader_kwargs
 from gptune.errors import GptuneError
 from gptune.training.checkpoint import TrainState
-from gptune.training.loop import EpochSampler, StepOutput, train
+from gptune.training.loop import EpochSampler, StepOutput, compile_in_place, train
 from gptune.training.run import RunSummary, finish, open_run, prepare_training, publish_final
 
 
@@ -44,11 +45,12 @@ def build_loaders(recipe: Recipe, data):
         data.train, batch_size=micro, sampler=EpochSampler(len(data.train), recipe.seed), drop_last=True,
         # each new iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
         # so a run resumed mid-epoch sees the same dropout masks as an uninterrupted one
-        generator=torch.Generator().manual_seed(recipe.seed),
+        generator=torch.Generator().manual_seed(recipe.seed), **loader_kwargs(recipe.train),
     )
     val_loader = None
     if data.val is not None and len(data.val):
-        val_loader = torch.utils.data.DataLoader(data.val, batch_size=micro, shuffle=False)
+        val_loader = torch.utils.data.DataLoader(data.val, batch_size=micro, shuffle=False,
+                                                 **loader_kwargs(recipe.train))
     return train_loader, val_loader
 
 
@@ -142,7 +144,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     data = load_lm_data(recipe, tokenizer, accelerator)
     model = LMWithLoss(lm)
     if recipe.train.compile:
-        model = torch.compile(model)
+        compile_in_place(model)
     say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} | "
         f"data {recipe.data.path} | out {run_dir}")
     say(f"  {count_parameters(lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} train / "

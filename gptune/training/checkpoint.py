@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gptune.config import Recipe
+from gptune.distributed import failures
 from gptune.errors import GptuneError, first_line
 from gptune.recipes import recipe_diff
+from gptune.training.faults import fault, pause
 
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
@@ -25,7 +27,8 @@ LATEST = "latest"
 # Keys that may change when a run is resumed: how long it trains and how it logs, not what it is.
 RESUMABLE_CHANGES = (
     "train.max_steps", "train.epochs", "train.eval_every", "train.eval_batches", "train.save_every",
-    "train.keep_last", "train.log_every", "train.tracker", "train.skip_nonfinite", "data.num_proc",
+    "train.keep_last", "train.log_every", "train.tracker", "train.skip_nonfinite", "train.dist_timeout",
+    "train.num_workers", "data.num_proc",
     "data.cache_dir", "out_dir", "task.data_dir",
 )
 
@@ -45,7 +48,7 @@ class TrainState:
     total_steps: int = 0
     """Steps the run is planned for."""
     skipped_batches: int = 0
-    """Batches skipped because their loss was not finite."""
+    """Optimizer steps skipped (by every process) because a loss in them was not finite."""
     history: dict = field(default_factory=dict)
     """Last evaluation metrics."""
     best: dict = field(default_factory=dict)
@@ -179,39 +182,50 @@ class Checkpointer:
         """Step of the newest checkpoint written or loaded by this run."""
 
     def save(self, state: TrainState) -> Path:
+        """Every process takes part (each writes its own RNG state, the main one the weights); an error on
+        any of them is raised on all, after the partial checkpoint is removed."""
         acc = self.accelerator
         name = f"step-{state.step:06d}"
         final = self.run_dir / name
         tmp = self.run_dir / f".tmp-{name}"
-        try:
-            if acc.is_main_process and tmp.exists():
-                shutil.rmtree(tmp)
-            acc.wait_for_everyone()
-            # every process takes part: each writes its own RNG state, the main one the weights
-            acc.save_state(str(tmp), safe_serialization=True)
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                (tmp / "recipe.yaml").write_text(self.recipe_yaml, encoding="utf-8")
-                (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
-                _pause_for_tests("after_state", state.step)
-                fsync_tree(tmp)
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-                write_atomic(self.run_dir / LATEST, name + "\n")
-                self._prune()
-        except OSError as e:
-            if acc.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-            reason = "the disk is full" if e.errno == errno.ENOSPC else str(e)
-            kept = find_latest(self.run_dir)
-            raise GptuneError(
-                f"could not write checkpoint {final}: {reason}; the partial checkpoint was removed"
-                + (f" and {kept.name} is intact" if kept else "")
-            ) from None
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
+        error = _attempt(lambda: self._write_state(tmp, state))
+        self._raise_if_failed(error, final, tmp)
+        error = _attempt(lambda: self._publish(tmp, final, state)) if acc.is_main_process else None
+        self._raise_if_failed(error, final, tmp)  # also the barrier: nobody goes on before the rename
         self.saved_step = state.step
         return final
+
+    def _write_state(self, tmp: Path, state: TrainState) -> None:
+        if fault("enospc", state.step, self.accelerator.process_index):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.accelerator.save_state(str(tmp), safe_serialization=True)
+
+    def _publish(self, tmp: Path, final: Path, state: TrainState) -> None:
+        """Main process: recipe and state beside the weights, fsync, rename into place, move ``latest``."""
+        (tmp / "recipe.yaml").write_text(self.recipe_yaml, encoding="utf-8")
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+        if fault("pause_after_state", state.step):
+            pause()
+        fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        write_atomic(self.run_dir / LATEST, final.name + "\n")
+        self._prune()
+
+    def _raise_if_failed(self, error: str | None, final: Path, tmp: Path) -> None:
+        problems = failures(self.accelerator, error)
+        if not problems:
+            return
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = find_latest(self.run_dir)
+        reason = problems[0] if len(problems) == 1 else "; ".join(problems)
+        raise GptuneError(f"could not write checkpoint {final}: {reason}; the partial checkpoint was removed"
+                          + (f" and {kept.name} is intact" if kept else ""))
 
     def save_unless_saved(self, state: TrainState) -> Path | None:
         """The end of a run: a resumable checkpoint of its last step, whatever ``train.save_every`` is."""
@@ -248,6 +262,15 @@ class Checkpointer:
             raise
 
 
+def _attempt(write) -> str | None:
+    """Run ``write()``; an OSError becomes its one-line reason (None when it worked)."""
+    try:
+        write()
+    except OSError as e:
+        return "the disk is full" if e.errno == errno.ENOSPC else str(e)
+    return None
+
+
 def read_state(ckpt: Path) -> TrainState:
     """The ``TrainState`` a checkpoint was written at (its ``trainer_state.json``)."""
     path = Path(ckpt) / STATE_FILE
@@ -255,16 +278,3 @@ def read_state(ckpt: Path) -> TrainState:
         return TrainState(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as e:
         raise GptuneError(f"--resume {ckpt}: cannot read {STATE_FILE} ({type(e).__name__}: {e})") from None
-
-
-def _pause_for_tests(point: str, step: int) -> None:
-    """Let a test kill the process inside a checkpoint write: GPTUNE_TEST_PAUSE=point@step:seconds
-    sleeps there (after writing GPTUNE_TEST_PAUSE_MARKER, if set). Unset in normal use."""
-    spec = os.environ.get("GPTUNE_TEST_PAUSE", "")
-    if spec.startswith(f"{point}@{step}:"):
-        import time
-
-        marker = os.environ.get("GPTUNE_TEST_PAUSE_MARKER")
-        if marker:
-            Path(marker).write_text("paused")
-        time.sleep(float(spec.rsplit(":", 1)[1]))

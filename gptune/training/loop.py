@@ -19,8 +19,10 @@ import torch
 
 from gptune.config import TrainConfig
 from gptune.console import MetricsWriter, make_progress
-from gptune.errors import GptuneError
+from gptune.distributed import agree
+from gptune.errors import GptuneError, Interrupted, NonFiniteLoss
 from gptune.training.checkpoint import Checkpointer, TrainState
+from gptune.training.faults import fault, pause
 
 
 @dataclass
@@ -31,22 +33,8 @@ class StepOutput:
     """Scalar loss of the micro-batch (mean over its tokens / examples)."""
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     """Named detached components (e.g. task_loss, lm_loss) to log."""
-    tokens: int = 0
-    """Tokens in the micro-batch (for tokens/s)."""
-
-
-class Interrupted(Exception):
-    """Raised after SIGINT/SIGTERM once a checkpoint has been written."""
-
-    def __init__(self, signum: int, checkpoint: Path | None):
-        self.signum = signum
-        self.checkpoint = checkpoint
-        self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-
-
-class NonFiniteLoss(GptuneError):
-    pass
+    tokens: int | torch.Tensor = 0
+    """Tokens in the micro-batch (for tokens/s); a device tensor is summed without a host sync."""
 
 
 class StopFlag:
@@ -78,12 +66,16 @@ class StopFlag:
 def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     """An Accelerator whose gradient accumulation keeps ``train.global_batch_size`` whatever the
     number of processes: accumulation = global / (micro x processes)."""
+    from datetime import timedelta
+
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
 
     # Without accelerators, processes started by torchrun talk over gloo only when told cpu=True.
     cpu = not torch.cuda.is_available()
-    world = PartialState(cpu=cpu).num_processes
+    # the process group is created here, first: a collective waiting longer than this raises
+    timeout = timedelta(seconds=cfg.dist_timeout)
+    world = PartialState(cpu=cpu, timeout=timeout).num_processes
     per_step = cfg.micro_batch_size * world
     if cfg.global_batch_size % per_step:
         raise GptuneError(
@@ -103,9 +95,19 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
         gradient_accumulation_steps=accum,
         # our schedule counts optimizer steps; Accelerate would step it once per process otherwise
         step_scheduler_with_optimizer=False,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
+        # batches come from pinned memory on CUDA (loader_kwargs): copy them to the GPU asynchronously
+        dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
         **kwargs,
     )
     return acc
+
+
+def compile_in_place(model: torch.nn.Module) -> None:
+    """``train.compile``: compile the module's forward in place (``nn.Module.compile``). ``torch.compile(model)``
+    would wrap it instead, and every state dict taken through the wrapper (checkpoints, ``final/``) would carry
+    ``_orig_mod.`` keys that ``from_pretrained`` silently ignores, loading random weights."""
+    model.compile()
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -152,14 +154,17 @@ def train(
     on_epoch_end: Callable[[TrainState], None] | None = None,
     description: str = "train",
 ) -> TrainState:
+    """Run optimizer steps until ``state.total_steps``.
+
+    Nothing in a micro-batch reads a value back to the host: losses, their finiteness and token counts
+    accumulate on the device. Once per optimizer step the processes agree (one small all-reduce, then
+    the step's one host read) on whether a signal arrived anywhere and whether any loss of the step was
+    not finite; every process then skips, stops or goes on identically."""
     acc = accelerator
     metrics = metrics or MetricsWriter(None)
     total = state.total_steps
     model.train()
-    running: dict[str, torch.Tensor] = {}
-    n_running = 0
-    tokens_window = 0
-    t_window = time.perf_counter()
+    step_acc, window = _Sums(acc.device), _Sums(acc.device)
     last_saved: tuple[int, Path | None] = (-1, None)
     progress = make_progress()
     with StopFlag() as stop, progress:
@@ -174,50 +179,51 @@ def train(
                     continue
                 with acc.accumulate(model):
                     out = step_fn(model, batch)
-                    if not torch.isfinite(out.loss.detach()):
-                        _nonfinite(acc, state, cfg, out)
-                        optimizer.zero_grad(set_to_none=True)
-                        state.batch_in_epoch += 1
-                        continue
+                    attempt = state.step + state.skipped_batches + 1  # optimizer steps tried, skipped ones included
+                    if fault("nan", attempt, acc.process_index):
+                        out.loss = out.loss * float("nan")
+                    step_acc.add(out)
+                    # always backward, even a NaN: under DDP a rank that skipped it would leave the others
+                    # waiting in the gradient all-reduce
                     acc.backward(out.loss)
-                    if acc.sync_gradients and cfg.grad_clip > 0:
-                        acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
                     if acc.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                        if fault("pause", attempt, acc.process_index):
+                            pause(until=lambda: stop.signum is not None)
+                        signum, nan, inf = agree(acc, step_acc.flags(stop.signum))
+                        if not (nan or inf):
+                            if cfg.grad_clip > 0:
+                                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                            optimizer.step()
+                            scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)  # under accumulation a no-op until the step ends
                 state.batch_in_epoch += 1
-                tokens_window += out.tokens
-                for k, v in {"loss": out.loss.detach(), **out.parts}.items():
-                    running[k] = running.get(k, 0) + v.detach().float()
-                n_running += 1
                 if not acc.sync_gradients:
                     continue
-                state.step += 1
-                progress.update(bar, completed=state.step)
-                if state.step % cfg.log_every == 0 or state.step == total:
-                    tok = int(acc.reduce(torch.tensor(tokens_window, device=acc.device), "sum").item())
-                    state.tokens += tok
-                    dt = time.perf_counter() - t_window
-                    logged = {k: float(acc.reduce(v / n_running, "mean").item()) for k, v in running.items()}
-                    logged.update(lr=scheduler.get_last_lr()[0], tokens=state.tokens, epoch=state.epoch,
-                                  tokens_per_s=tok / max(dt, 1e-9))
-                    metrics.write("train", step=state.step, **logged)
-                    if cfg.tracker != "none":
-                        acc.log({f"train/{k}": v for k, v in logged.items()}, step=state.step)
-                    progress.update(bar, info=f"loss {logged['loss']:.4f} lr {logged['lr']:.2e} "
-                                              f"{logged['tokens_per_s']:,.0f} tok/s")
-                    running, n_running, tokens_window, t_window = {}, 0, 0, time.perf_counter()
-                if evaluate_fn and cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total:
-                    state.history = evaluate_fn(state)
-                    model.train()
-                if checkpointer and cfg.save_every and state.step % cfg.save_every == 0:
-                    last_saved = (state.step, checkpointer.save(state))
-                if stop.signum is not None:
+                if nan or inf:
+                    _nonfinite(state, cfg, "nan" if nan else "inf")
+                else:
+                    window.merge(step_acc)
+                    state.step += 1
+                    progress.update(bar, completed=state.step)
+                    if state.step % cfg.log_every == 0 or state.step == total:
+                        logged = _log(acc, state, window, scheduler)
+                        metrics.write("train", step=state.step, **logged)
+                        if cfg.tracker != "none":
+                            acc.log({f"train/{k}": v for k, v in logged.items()}, step=state.step)
+                        progress.update(bar, info=f"loss {logged['loss']:.4f} lr {logged['lr']:.2e} "
+                                                  f"{logged['tokens_per_s']:,.0f} tok/s")
+                        window = _Sums(acc.device)
+                    if evaluate_fn and cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total:
+                        state.history = evaluate_fn(state)
+                        model.train()
+                    if checkpointer and cfg.save_every and state.step % cfg.save_every == 0:
+                        last_saved = (state.step, checkpointer.save(state))
+                step_acc = _Sums(acc.device)
+                if signum:  # agreed: every process saves and stops here
                     ckpt = last_saved[1] if last_saved[0] == state.step else None
                     if checkpointer and ckpt is None:
                         ckpt = checkpointer.save(state)
-                    raise Interrupted(stop.signum, ckpt)
+                    raise Interrupted(int(signum), ckpt)
                 if state.step >= total:
                     finished_epoch = i == len(loader) - 1 if hasattr(loader, "__len__") else False
                     break
@@ -231,11 +237,56 @@ def train(
     return state
 
 
-def _nonfinite(acc, state: TrainState, cfg: TrainConfig, out: StepOutput) -> None:
+class _Sums:
+    """Device-side sums over micro-batches (loss parts, tokens, non-finite counts): adding never syncs."""
+
+    def __init__(self, device):
+        self.device = device
+        self.parts: dict[str, torch.Tensor] = {}
+        self.n = 0
+        self.tokens = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad = torch.zeros(2, device=device)  # (NaN losses, infinite losses)
+        self.t0 = time.perf_counter()
+
+    def add(self, out: StepOutput) -> None:
+        loss = out.loss.detach().float()
+        self.bad += torch.stack((loss.isnan(), loss.isinf())).float()
+        for k, v in {"loss": loss, **out.parts}.items():
+            self.parts[k] = self.parts.get(k, 0) + v.detach().float()
+        self.n += 1
+        self.tokens += out.tokens
+
+    def flags(self, signum: int | None) -> torch.Tensor:
+        """(signal number or 0, any NaN, any inf) of this process, to be agreed on."""
+        f = torch.zeros(3, device=self.device)
+        f[0] = signum or 0
+        f[1:] = self.bad.clamp(max=1)
+        return f
+
+    def merge(self, other: _Sums) -> None:
+        for k, v in other.parts.items():
+            self.parts[k] = self.parts.get(k, 0) + v
+        self.n += other.n
+        self.tokens += other.tokens
+
+
+def _log(acc, state: TrainState, window: _Sums, scheduler) -> dict:
+    """The logged means over the window and over processes (this is where the loop reads numbers back)."""
+    tok = int(acc.reduce(window.tokens.clone(), "sum").item())
+    state.tokens += tok
+    dt = time.perf_counter() - window.t0
+    logged = {k: float(acc.reduce(v / max(window.n, 1), "mean").item()) for k, v in window.parts.items()}
+    logged.update(lr=scheduler.get_last_lr()[0], tokens=state.tokens, epoch=state.epoch,
+                  tokens_per_s=tok / max(dt, 1e-9))
+    return logged
+
+
+def _nonfinite(state: TrainState, cfg: TrainConfig, kind: str) -> None:
+    """A step whose loss was NaN/inf on some process: all processes dropped it; stop once over budget."""
     state.skipped_batches += 1
     if state.skipped_batches > cfg.skip_nonfinite:
         raise NonFiniteLoss(
-            f"the loss became {float(out.loss.detach())} at step {state.step + 1} (epoch {state.epoch}, "
-            f"batch {state.batch_in_epoch}); the last good checkpoint is kept. Lower train.lr, or set "
-            "train.skip_nonfinite=N to skip up to N bad batches"
+            f"the loss became {kind} at step {state.step + 1} (epoch {state.epoch}, batch {state.batch_in_epoch}); "
+            "the last good checkpoint is kept. Lower train.lr, or set train.skip_nonfinite=N to skip up to N "
+            "bad steps"
         )
