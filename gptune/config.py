@@ -155,8 +155,10 @@ class TrainConfig:
     """AdamW beta2."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast precision through Accelerate. bf16 is much slower on CPUs without bf16 units."""
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    """Autocast precision through Accelerate. Absent: what the launcher says (``accelerate launch
+    --mixed_precision`` or the Accelerate config file), else fp32; set: overrides the launcher. bf16 is
+    much slower on CPUs without bf16 units."""
     compile: bool = False
     """``torch.compile`` the model (first steps slower while it compiles)."""
     eval_every: int = 200

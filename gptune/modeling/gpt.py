@@ -168,19 +168,77 @@ def use_fused_gelu(model: nn.Module) -> int:
     return swapped
 
 
-class LMWithLoss(nn.Module):
-    """A causal LM whose forward returns the token-mean LM loss, computed from hidden states with
-    the chunked head (the full logits are never built). Accelerate/DDP wrap this module, so the
-    forward that computes the loss is the one the distributed wrapper sees."""
+def block_class_names(lm: nn.Module) -> list[str]:
+    """Class names of the transformer blocks, one FSDP unit each: the model's ``_no_split_modules``, or
+    for models without one (OpenAI-GPT) the class of the body's ``h`` blocks."""
+    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    names = list(getattr(inner, "_no_split_modules", None) or [])
+    if not names:
+        body, _ = body_and_head(inner)
+        blocks = getattr(body, "h", None)
+        names = sorted({type(b).__name__ for b in blocks}) if blocks is not None else []
+    return names
 
-    def __init__(self, lm: nn.Module):
+
+def body_kwargs(body: nn.Module) -> dict:
+    """Extra arguments for a body call that only needs hidden states: no KV cache where it would build one."""
+    import inspect
+
+    return {"use_cache": False} if "use_cache" in inspect.signature(body.forward).parameters else {}
+
+
+def register_head_for_zero3(model: nn.Module) -> None:
+    """Under ZeRO-3 a parameter is gathered only inside its own module's forward. The chunked loss reads
+    the tied head matrix in the forward of ``model`` (an LMWithLoss or GPT1TaskModel, maybe under PEFT or
+    torch.compile), outside the embedding's forward, so DeepSpeed is told to gather it there too."""
+    from deepspeed.zero import register_external_parameter
+
+    owner = getattr(model, "_orig_mod", model)
+    owner = owner.get_base_model() if hasattr(owner, "get_base_model") else owner  # PEFT
+    inner = owner.lm.get_base_model() if hasattr(owner.lm, "get_base_model") else owner.lm
+    for module in (inner.get_input_embeddings(), inner.get_output_embeddings()):
+        for p in module.parameters():
+            register_external_parameter(owner, p)
+
+
+class LMWithLoss(nn.Module):
+    """A causal LM whose forward returns the LM loss, computed from hidden states with the chunked head
+    (the full logits are never built). Accelerate/DDP/FSDP/DeepSpeed wrap this module, so the forward
+    that reads the (tied) head matrix is the one the engine gathers parameters for: validation and
+    perplexity call it too (``per_token=True``) rather than reading a possibly sharded weight outside it."""
+
+    def __init__(self, lm: nn.Module, *, fused_gelu: bool = True):
         super().__init__()
         self.lm = lm
-        use_fused_gelu(lm)
+        if fused_gelu:
+            use_fused_gelu(lm)
+        self._no_split_modules = block_class_names(lm)  # FSDP's wrap policy reads it off the wrapped model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        from gptune.losses import causal_lm_loss
+    @property
+    def config(self):
+        return self.lm.config
 
-        body, head = body_and_head(self.lm)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
-        return causal_lm_loss(hidden, head.weight, input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None, per_token: bool = False):
+        """input_ids (B, T). ``targets`` (B, T): what each position predicts (IGNORE_INDEX: nothing), by
+        default the next token (padding masked). Returns (token-mean loss, scored tokens), or with
+        ``per_token`` the NLL (B, T) of every position (0 where not scored), without gradients."""
+        from gptune.losses import lm_loss_from_hidden, shift_targets
+
+        body, _ = body_and_head(self.lm)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask,
+                      **body_kwargs(body)).last_hidden_state  # (B, T, C)
+        if targets is None:
+            targets = shift_targets(input_ids, attention_mask)  # (B, T)
+        return lm_loss_from_hidden(hidden, head_weight(self.lm), targets, per_token=per_token)
+
+
+def head_weight(lm: nn.Module) -> torch.Tensor:
+    """The LM head matrix (V, C) as the model uses it. With tied embeddings it is read from the input
+    embedding module, so under PEFT's trainable tokens it includes the trained rows of the new tokens.
+    Read it only inside a wrapped module's forward: under FSDP2/ZeRO-3 it is a shard elsewhere."""
+    _, head = body_and_head(lm)
+    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    if getattr(inner.config, "tie_word_embeddings", False):
+        return inner.get_input_embeddings().weight
+    return head.weight

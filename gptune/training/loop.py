@@ -75,15 +75,73 @@ class StopFlag:
         return False
 
 
+def launch_engine() -> str | None:
+    """The sharding engine ``accelerate launch`` asked for (from its environment): "deepspeed", "fsdp" or None."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    return None
+
+
+def _process_state(engine: str | None):
+    """Accelerate's process state, right for every engine on GPUs and on CPU processes.
+
+    Plain DDP on CPU needs ``cpu=True`` (gloo, MULTI_CPU). ``cpu=True`` would also switch DeepSpeed and
+    FSDP off, so under those the state is built with the gloo backend instead: without it Accelerate
+    reports 1 process, index 0 on every rank under DeepSpeed. Accelerate turns FSDP on only for
+    accelerator devices; on CPU processes gptune marks the state multi-device so Accelerate's own
+    FSDP2 path (``fully_shard`` per block, then the root) runs, over gloo -- how the test suite proves
+    sharding without a GPU.
+    """
+    import os
+
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    cuda = torch.cuda.is_available()
+    if engine is None or cuda:
+        return PartialState(cpu=engine is None and not cuda)
+    if engine == "fsdp" and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise GptuneError("fsdp_config.fsdp_version: FSDP on CPU processes needs fsdp_version: 2 (FSDP2)")
+    state = PartialState(backend="gloo")
+    if engine == "fsdp" and state.distributed_type == DistributedType.NO and state.num_processes > 1:
+        state._shared_state["distributed_type"] = DistributedType.MULTI_GPU  # Accelerate then takes FSDP
+    return state
+
+
+def _deepspeed_plugin(cfg: TrainConfig, accum: int):
+    """The launcher's DeepSpeed config with gptune's numbers where it says ``auto`` (or nothing): the
+    accumulation, clipping and batch sizes are decided by the recipe, before any DataLoader is prepared."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin()
+    ds = plugin.deepspeed_config
+    ours = {"gradient_accumulation_steps": accum, "gradient_clipping": cfg.grad_clip,
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size, "train_batch_size": cfg.global_batch_size}
+    for key, value in ours.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif float(ds[key]) != float(value):
+            raise GptuneError(f"deepspeed config {key}={ds[key]} disagrees with the recipe ({value}); set it to "
+                              "auto (gptune derives it from train.micro_batch_size, global_batch_size, grad_clip)")
+    return plugin
+
+
 def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     """An Accelerator whose gradient accumulation keeps ``train.global_batch_size`` whatever the
-    number of processes: accumulation = global / (micro x processes)."""
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import ProjectConfiguration
+    number of processes: accumulation = global / (micro x processes). Mixed precision: the recipe's
+    ``train.mixed_precision`` when set, else the launcher's."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
-    # Without accelerators, processes started by torchrun talk over gloo only when told cpu=True.
-    cpu = not torch.cuda.is_available()
-    world = PartialState(cpu=cpu).num_processes
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (Ampere+)
+        torch.backends.cudnn.allow_tf32 = True
+    engine = launch_engine()
+    world = _process_state(engine).num_processes
     per_step = cfg.micro_batch_size * world
     if cfg.global_batch_size % per_step:
         raise GptuneError(
@@ -97,10 +155,14 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     if cfg.tracker != "none" and run_dir is not None:
         kwargs = dict(log_with=cfg.tracker, project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                                 logging_dir=str(run_dir / "logs")))
+    if cfg.mixed_precision is not None:
+        kwargs["mixed_precision"] = cfg.mixed_precision
+    if engine == "deepspeed":
+        kwargs["deepspeed_plugin"] = _deepspeed_plugin(cfg, accum)
     acc = Accelerator(
-        cpu=cpu,
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=accum,
+        cpu=engine is None and not torch.cuda.is_available(),
+        # a plugin, not gradient_accumulation_steps=: Accelerate would int() the launcher's "auto"
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum),
         # our schedule counts optimizer steps; Accelerate would step it once per process otherwise
         step_scheduler_with_optimizer=False,
         **kwargs,
