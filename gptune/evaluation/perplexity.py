@@ -181,11 +181,12 @@ def sliding_window_nll(
         with torch.no_grad():  # not inference_mode: FSDP2 writes its gathered weights into kept buffers
             nll = torch.zeros((), dtype=torch.float64, device=device)
             batches = _batches(mine, batch_size)
+            extra = _missing_passes(len(batches), world, device)
             for batch in batches:
                 nll += scorer.batch_nll(ids, batch)
                 if progress is not None:
                     progress(len(batch))
-            for _ in range(_missing_passes(len(batches), world, device)):  # results discarded
+            for _ in range(extra):  # results discarded
                 scorer.batch_nll(ids, (batches or [[windows[0]]])[0])
             counts = torch.tensor(
                 [sum(w.scored for w in mine), len(mine)], dtype=torch.float64, device=device
