@@ -191,7 +191,7 @@ def register_head_for_zero3(model: nn.Module) -> None:
     """Under ZeRO-3 a parameter is gathered only inside its own module's forward. The chunked loss reads
     the tied head matrix in the forward of ``model`` (an LMWithLoss or GPT1TaskModel, maybe under PEFT or
     torch.compile), outside the embedding's forward, so DeepSpeed is told to gather it there too."""
-    from deepspeed.zero import register_external_parameter
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
 
     owner = getattr(model, "_orig_mod", model)
     owner = owner.get_base_model() if hasattr(owner, "get_base_model") else owner  # PEFT
@@ -236,9 +236,30 @@ class LMWithLoss(nn.Module):
 def head_weight(lm: nn.Module) -> torch.Tensor:
     """The LM head matrix (V, C) as the model uses it. With tied embeddings it is read from the input
     embedding module, so under PEFT's trainable tokens it includes the trained rows of the new tokens.
-    Read it only inside a wrapped module's forward: under FSDP2/ZeRO-3 it is a shard elsewhere."""
+
+    Call it only inside the wrapped model's forward. Under FSDP2 the module holding the matrix may be
+    an FSDP unit of its own (Accelerate makes the input embedding one) that resharded after its own
+    forward: it is gathered again here, and its gradient still reaches the one reduce-scatter of that
+    unit in backward. Under ZeRO-3, ``register_head_for_zero3`` makes DeepSpeed gather it."""
     _, head = body_and_head(lm)
     inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    if getattr(inner.config, "tie_word_embeddings", False):
-        return inner.get_input_embeddings().weight
-    return head.weight
+    owner = inner.get_input_embeddings() if getattr(inner.config, "tie_word_embeddings", False) else head
+    _unshard(owner)
+    return owner.weight
+
+
+def without_tied_copies(lm: nn.Module, state_dict: dict) -> dict:
+    """A consolidated state dict without the keys of weights tied to another (``lm_head.weight``): sharding
+    engines gather them as separate tensors, and a stale copy must not be saved beside the real one."""
+    tied = getattr(lm, "_tied_weights_keys", None) or {}
+    if not getattr(lm.config, "tie_word_embeddings", False):
+        return state_dict
+    return {k: v for k, v in state_dict.items() if k not in tied}
+
+
+def _unshard(module: nn.Module) -> None:
+    """All-gather the parameters of an FSDP2 unit (no-op for anything else)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(module, FSDPModule):
+        module.unshard()

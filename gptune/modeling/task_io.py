@@ -133,7 +133,9 @@ def save_task_model(model, state_dict: dict | None, tokenizer, info: TaskModelIn
         model.save_pretrained(str(out), state_dict=state_dict)
     else:
         sd = state_dict if state_dict is not None else model.state_dict()
-        lm_sd = {k.removeprefix("lm."): v for k, v in sd.items() if k.startswith("lm.")}
+        from gptune.modeling.gpt import without_tied_copies
+
+        lm_sd = without_tied_copies(model.lm, {k.removeprefix("lm."): v for k, v in sd.items() if k.startswith("lm.")})
         model.lm.save_pretrained(str(out), state_dict=lm_sd, safe_serialization=True)
         head = {k.removeprefix("clf_head."): v.detach().contiguous().cpu() for k, v in sd.items()
                 if k.startswith("clf_head.")}

@@ -117,7 +117,9 @@ def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, m
     lm = accelerator.unwrap_model(model).lm
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        inner = {k.removeprefix("lm."): v for k, v in state_dict.items()}
+        from gptune.modeling.gpt import without_tied_copies
+
+        inner = without_tied_copies(lm, {k.removeprefix("lm."): v for k, v in state_dict.items()})
 
         def write(tmp: Path) -> None:
             lm.save_pretrained(tmp, state_dict=inner, safe_serialization=True)

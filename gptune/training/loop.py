@@ -167,7 +167,21 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
         step_scheduler_with_optimizer=False,
         **kwargs,
     )
+    if engine == "deepspeed":
+        _build_models_whole(acc.state.deepspeed_plugin)
     return acc
+
+
+def _build_models_whole(plugin) -> None:
+    """gptune builds (and resizes) the model before ``prepare``, which partitions it. Accelerate registers
+    its DeepSpeed config with transformers even when ``zero3_init_flag`` is false, and transformers then
+    builds ZeRO-3 models already partitioned (every weight empty); unregister it."""
+    if plugin.zero3_init_flag:
+        raise GptuneError("deepspeed_config.zero3_init_flag: gptune builds the model before prepare(); set it to "
+                          "false in the Accelerate config")
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 class EpochSampler(torch.utils.data.Sampler):
