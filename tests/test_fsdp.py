@@ -103,9 +103,7 @@ def test_fsdp2_finetuning_matches_one_process_and_saves_a_consolidated_final(mod
                                                                               tmp_path, monkeypatch):
     from gptune.modeling.task_io import load_task_model
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("GPTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
+    make_workdir(tmp_path, monkeypatch, {})
     assert run_cli(*finetune_args(tiny_model_dir, sst2_dir, "runs/one", mode)) == 0
     accelerate_launch(tmp_path, FSDP_YAML, *finetune_args(tiny_model_dir, sst2_dir, "runs/fsdp", mode), "--merge")
     one, fsdp = tmp_path / "runs" / "one", tmp_path / "runs" / "fsdp"

@@ -41,7 +41,7 @@ def test_the_recipe_overrides_the_launcher_only_when_set(launcher, recipe, expec
     assert acc.gradient_accumulation_steps == 2
 
 
-def test_bf16_autocast_losses_stay_within_a_percent_of_fp32(tmp_path, monkeypatch, fresh_accelerate_state):
+def test_bf16_autocast_losses_stay_within_two_per_mille_of_fp32(tmp_path, monkeypatch, fresh_accelerate_state):
     # bf16 on a CPU without bf16 units is ~150x slower: 4 steps of a 2-layer, 32-wide model
     make_workdir(tmp_path, monkeypatch, {"a.txt": 300})
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
@@ -63,4 +63,4 @@ def test_bf16_autocast_losses_stay_within_a_percent_of_fp32(tmp_path, monkeypatc
     diffs = [abs(a - b) for a, b in zip(losses["no"], losses["bf16"], strict=True)]
     print(f"fp32 {losses['no']}\nbf16 {losses['bf16']}\nmax |diff| {max(diffs):.4g}")
     assert losses["no"] != losses["bf16"]  # autocast really ran in bf16
-    assert max(d / a for d, a in zip(diffs, losses["no"], strict=True)) < 0.01
+    assert max(d / a for d, a in zip(diffs, losses["no"], strict=True)) < 2e-3  # measured: 6e-5
