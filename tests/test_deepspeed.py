@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from conftest import accelerate_launch, finetune_args, make_workdir, run_cli, train_events
 
 pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.slow  # each test launches DeepSpeed on 2 processes (imports alone take ~20 s)
 
 SHIPPED = Path(__file__).parents[1] / "recipes" / "accelerate"
 RECIPE = (

@@ -55,6 +55,7 @@ def test_the_shipped_fsdp_config_wraps_every_block_of_both_architectures(arch, m
     assert plugin.transformer_cls_names_to_wrap == ["GPT2Block" if arch == "gpt2" else "Block"]
 
 
+@pytest.mark.slow  # 2 launches of 2 processes: about a minute on 2 idle cores
 def test_fsdp2_pretraining_matches_one_process_is_sharded_and_resumes_exactly(tmp_path, monkeypatch):
     from torch.distributed.checkpoint import FileSystemReader
     from transformers import AutoModelForCausalLM
@@ -98,6 +99,7 @@ def test_fsdp2_pretraining_matches_one_process_is_sharded_and_resumes_exactly(tm
     assert [e["loss"] for e in train_events(cut)] == [e["loss"] for e in lb]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_fsdp2_finetuning_matches_one_process_and_saves_a_consolidated_final(mode, tiny_model_dir, sst2_dir,
                                                                               tmp_path, monkeypatch):
