@@ -152,3 +152,29 @@ def sst2_dir(tmp_path_factory):
             rows.append((" ".join(s), str(int(w == "good"))))
         (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
     return root
+
+
+def guide_loop(model, input_ids, max_length: int, stride: int) -> tuple[float, int]:
+    """(summed NLL, tokens scored): the Hugging Face guide "Perplexity of fixed-length models" loop
+    (batch 1, the model's own loss), counting the labels the loss averaged over after the shift: an
+    independent reference for gptune's sliding-window scorer."""
+    import torch
+
+    encodings = input_ids[None]
+    seq_len = encodings.size(1)
+    nll_sum, n_tokens, prev_end_loc = 0.0, 0, 0
+    for begin_loc in range(0, seq_len, stride):
+        end_loc = min(begin_loc + max_length, seq_len)
+        trg_len = end_loc - prev_end_loc
+        window = encodings[:, begin_loc:end_loc]
+        target_ids = window.clone()
+        target_ids[:, :-trg_len] = -100
+        with torch.no_grad():
+            loss = model(window, labels=target_ids).loss
+        num_loss_tokens = int((target_ids[:, 1:] != -100).sum())
+        nll_sum += float(loss) * num_loss_tokens
+        n_tokens += num_loss_tokens
+        prev_end_loc = end_loc
+        if end_loc == seq_len:
+            break
+    return nll_sum, n_tokens

@@ -55,7 +55,7 @@ def test_the_shipped_fsdp_config_wraps_every_block_of_both_architectures(arch, m
     assert plugin.transformer_cls_names_to_wrap == ["GPT2Block" if arch == "gpt2" else "Block"]
 
 
-@pytest.mark.slow  # 2 launches of 2 processes: about a minute on 2 idle cores
+@pytest.mark.slow  # two launches of 2 processes
 def test_fsdp2_pretraining_matches_one_process_is_sharded_and_resumes_exactly(tmp_path, monkeypatch):
     from torch.distributed.checkpoint import FileSystemReader
     from transformers import AutoModelForCausalLM

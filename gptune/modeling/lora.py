@@ -46,7 +46,3 @@ def apply_lora(model: nn.Module, cfg: LoraRecipe, new_token_ids: list[int]):
         trainable_token_indices={_embedding_name(model): list(new_token_ids)} if new_token_ids else None,
     )
     return get_peft_model(model, config)
-
-
-def trainable_names(model: nn.Module) -> set[str]:
-    return {n for n, p in model.named_parameters() if p.requires_grad}

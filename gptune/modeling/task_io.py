@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptune.config import Recipe
-from gptune.errors import GptuneError
+from gptune.errors import GptuneError, first_line
 from gptune.tasks import TaskSpec
 from gptune.transforms import SpecialIds
 
@@ -43,9 +43,11 @@ class TaskModelInfo:
         path = Path(folder) / TASK_FILE
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            ids = d.get("special_ids")
+            marks = d.get("special_ids")
+            if marks is not None and "end" in marks:  # task.json written before the field was named extract
+                marks["extract"] = marks.pop("end")
             return cls(TaskSpec.from_dict(d["task"]), d["input_style"], int(d["max_length"]), d["base_model"],
-                       bool(d["lora"]), None if ids is None else SpecialIds(**ids))
+                       bool(d["lora"]), None if marks is None else SpecialIds(**marks))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise GptuneError(f"{path}: not a valid task.json ({type(e).__name__}: {e})") from None
 
@@ -74,7 +76,7 @@ def load_tokenizer(spec: str, flag: str = "--model"):
     try:
         return AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise GptuneError(f"{flag} {spec}: cannot load its tokenizer ({first}); save the tokenizer next to the "
                           "model or set model.tokenizer") from None
 
@@ -97,18 +99,21 @@ def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = F
     return lm
 
 
-def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, ids: SpecialIds | None):
+def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: SpecialIds | None):
     """Base LM + task head (+ LoRA) for training, from the recipe."""
+    from gptune.modeling.gpt import reinit_blocks_above
     from gptune.modeling.heads import GPT1TaskModel
     from gptune.modeling.lora import apply_lora
 
     lm = prepare_base(recipe.model.name_or_path, tokenizer, flag="--model",
                       trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout)
+    if recipe.model.transfer_layers is not None:
+        reinit_blocks_above(lm, recipe.model.transfer_layers)
     if recipe.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable()
     model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout)
     if recipe.lora.enabled:
-        new_ids = [] if ids is None else [ids.start, ids.delim, ids.end]
+        new_ids = [] if special_ids is None else [special_ids.start, special_ids.delim, special_ids.extract]
         model = apply_lora(model, recipe.lora, new_ids)
     return model
 
