@@ -70,13 +70,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(w_rows, weight.shape[1], dtype=acc, device=weight.device) if need_w else None
         plain = hidden.dtype == weight.dtype == acc and not torch.is_autocast_enabled(hidden.device.type)
         inv_denom = 1.0 / denom
+        per_row = inv_denom.dim() == 1  # a divisor per row (sequence mean) instead of one for all
+        if per_row:
+            inv_denom = inv_denom.index_select(0, rows)  # (n,)
         for s, h, t, e, sums, nll in _scored_chunks(hidden, weight, targets, chunk):
             n = h.shape[0]
-            total += nll.sum()
+            inv = inv_denom[s : s + n] if per_row else inv_denom
+            total += (nll * inv).sum() if per_row else nll.sum()
             if need_h or need_w:
                 # d CE / d logits = softmax - onehot(target), scaled by 1 / denom
-                g = e.mul_((inv_denom / sums)[:, None])
-                g.scatter_add_(1, t[:, None], (-inv_denom).to(acc).expand(n, 1).contiguous())
+                g = e.mul_((inv / sums)[:, None])
+                g.scatter_add_(1, t[:, None], (-inv).to(acc).expand(n).reshape(n, 1).contiguous())
                 if plain:
                     if need_h:
                         torch.mm(g, weight, out=grad_h[s : s + n])
@@ -96,7 +100,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(*(x for x in (grad_h, grad_w) if x is not None))
         ctx.need = (need_h, need_w)
         ctx.w_dtype, ctx.w_shape, ctx.grad_rows = weight.dtype, weight.shape, grad_rows
-        return total / denom
+        return total if per_row else total / denom
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -110,18 +114,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         *, chunk: int | None = None,
-                         grad_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         *, chunk: int | None = None, grad_rows: torch.Tensor | None = None,
+                         row_denom: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-mean cross-entropy of ``hidden @ weight.T`` against ``targets`` (IGNORE_INDEX skipped).
 
     hidden (N, C), weight (V, C), targets (N,). Returns (mean loss, number of scored tokens).
     With no scored token the loss is 0 (not NaN), so an all-padding batch cannot poison a run.
     ``grad_rows`` (k,): only these rows of ``weight`` get a gradient (the others get zeros); for a head
     built from a frozen matrix plus a few trainable rows (LoRA's new-token rows) this replaces the
-    (V x C) weight-gradient GEMM by a (k x C) one.
+    (V x C) weight-gradient GEMM by a (k x C) one. ``row_denom`` (N,): divide each row's loss by its own
+    number instead of the count of scored rows (``causal_lm_loss``'s sequence mean).
     """
     n = (targets != IGNORE_INDEX).sum()
-    denom = n.clamp(min=1).to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+    denom = n.clamp(min=1) if row_denom is None else row_denom
+    denom = denom.to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
     loss = _LinearCrossEntropy.apply(hidden, weight, targets, denom, chunk or _chunk_rows(weight.shape[0]), grad_rows)
     return loss, n
 
@@ -159,20 +165,31 @@ def shift_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
 def causal_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor | None = None,
                    labels: torch.Tensor | None = None,
-                   grad_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-mean causal-LM loss from hidden states (B, T, C); padding masked. Returns (loss, tokens)."""
+                   grad_rows: torch.Tensor | None = None,
+                   mean: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal-LM loss from hidden states (B, T, C); padding masked. Returns (loss, tokens).
+
+    ``mean="token"``: one mean over every scored token. ``mean="sequence"`` (GPT-1's fine-tuning code):
+    each sequence's token mean, then the mean over the sequences that score any token.
+    """
     targets = shift_targets(input_ids, attention_mask, labels)  # (B, T)
-    return lm_loss_from_hidden(hidden, head_weight, targets, grad_rows=grad_rows)
+    row_denom = None
+    if mean == "sequence":
+        per_seq = (targets != IGNORE_INDEX).sum(1, keepdim=True)  # (B, 1) scored tokens per sequence
+        n_seq = (per_seq > 0).sum().clamp(min=1)
+        row_denom = (per_seq.clamp(min=1) * n_seq).expand_as(targets).reshape(-1)  # (B*T,)
+    return lm_loss_from_hidden(hidden, head_weight, targets, grad_rows=grad_rows, row_denom=row_denom)
 
 
 def lm_loss_from_hidden(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor, *,
-                        per_token: bool = False, grad_rows: torch.Tensor | None = None):
+                        per_token: bool = False, grad_rows: torch.Tensor | None = None,
+                        row_denom: torch.Tensor | None = None):
     """hidden (B, T, C), targets (B, T) (IGNORE_INDEX: not scored). ``per_token``: the NLL of every position
     (B, T), 0 where not scored, without gradients (validation, perplexity); else (token-mean loss, tokens)."""
     flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     if per_token:
         return token_nll(flat_h, head_weight, flat_t).view(targets.shape)
-    return linear_cross_entropy(flat_h, head_weight, flat_t, grad_rows=grad_rows)
+    return linear_cross_entropy(flat_h, head_weight, flat_t, grad_rows=grad_rows, row_denom=row_denom)
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, *, regression: bool) -> torch.Tensor:
