@@ -169,8 +169,10 @@ class TrainConfig:
     default 0.95 is gptune's choice, steadier at the higher learning rates of small models."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast precision through Accelerate. bf16 is much slower on CPUs without bf16 units."""
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    """Autocast precision through Accelerate. Absent: what the launcher says (``accelerate launch
+    --mixed_precision`` or the Accelerate config file), else fp32; set: overrides the launcher. bf16 is
+    much slower on CPUs without bf16 units."""
     compile: bool = False
     """``torch.compile`` the model (first steps slower while it compiles)."""
     eval_every: int = 200

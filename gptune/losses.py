@@ -1,6 +1,8 @@
 """Pure loss functions: they return numbers and never call ``backward()`` or step an optimizer.
 
-The LM loss is computed from hidden states and the LM head weight in row chunks, so the
+The LM loss is computed from hidden states and the LM head weight in row chunks, by one kernel
+(``_scored_chunks``) that serves the training loss, the validation loss, the auxiliary LM loss of
+fine-tuning and perplexity, so the
 (tokens x vocabulary) float logits are never materialised whole: with a 50k vocabulary they are
 the largest tensor of a small GPT's step. The gradient of each chunk is computed in the same pass
 (the loss is a scalar, so d loss / d logits is known there), so nothing is recomputed in backward.
@@ -20,47 +22,64 @@ def _chunk_rows(vocab: int) -> int:
     return max(64, (1 << 25) // max(vocab, 1))
 
 
+def _scored_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+    """The one cross-entropy-from-hidden-states kernel: yields, chunk by chunk of the scored rows,
+    ``(start, h, t, e, sums, nll)`` with ``e`` (n, V) holding exp(logit - row max) (in place, one reused
+    buffer), ``sums`` (n,) its row sums and ``nll`` (n,) the per-row cross-entropy.
+
+    hidden (N, C), weight (V, C), targets (N,) with IGNORE_INDEX on rows that are not scored; ``start``
+    counts scored rows. Accumulates in float32 (float64 for float64 inputs); half-precision logits are upcast.
+    """
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    # One (chunk, V) logits buffer reused by every chunk, and in-place softmax: fresh 50k-wide
+    # tensors per chunk cost a page-faulting allocation and an extra memory pass each.
+    plain = hidden.dtype == weight.dtype == acc and not torch.is_autocast_enabled(hidden.device.type)
+    buf = torch.empty(min(chunk, hidden.shape[0]), weight.shape[0], dtype=acc, device=hidden.device) \
+        if plain and hidden.shape[0] else None
+    for s in range(0, hidden.shape[0], chunk):
+        h, t = hidden[s : s + chunk], targets[s : s + chunk]
+        n = h.shape[0]
+        if plain:
+            logits = torch.mm(h, weight.t(), out=buf[:n])  # (n, V)
+        else:
+            logits = (h @ weight.t()).to(acc)  # (n, V)
+        picked = logits.gather(1, t[:, None]).squeeze(1)  # (n,) read before the in-place ops
+        top = logits.amax(dim=1)  # (n,) keeps exp() finite
+        sums = logits.sub_(top[:, None]).exp_().sum(dim=1)  # (n,) logits now hold exp(logit - top)
+        yield s, h, t, logits, sums, sums.log() + top - picked
+
+
+def _scored_rows(targets: torch.Tensor) -> torch.Tensor:
+    # the head only sees scored rows: padding, context and last positions cost no (row x vocabulary) work
+    return (targets != IGNORE_INDEX).nonzero().squeeze(1)  # (n,)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum over valid rows of CE(hidden @ weight.T, target) / denom, gradients computed chunk by chunk."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, denom, chunk, grad_rows=None):
-        # hidden (N, C), weight (V, C), targets (N,) with IGNORE_INDEX for rows that are not scored;
         # grad_rows (k,): when set, the only rows of weight whose gradient anyone needs
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        # the head only sees scored rows: padding and last positions cost no (row x vocabulary) work
-        rows = (targets != IGNORE_INDEX).nonzero().squeeze(1)  # (n,)
+        rows = _scored_rows(targets)
         h_all, hidden, targets = hidden, hidden.index_select(0, rows), targets.index_select(0, rows)
         total = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None  # (n, C)
         w_rows = weight.shape[0] if grad_rows is None else grad_rows.numel()
         grad_w = torch.zeros(w_rows, weight.shape[1], dtype=acc, device=weight.device) if need_w else None
-        # One (chunk, V) logits buffer reused by every chunk, and in-place softmax: fresh 50k-wide
-        # tensors per chunk cost a page-faulting allocation and an extra memory pass each.
         plain = hidden.dtype == weight.dtype == acc and not torch.is_autocast_enabled(hidden.device.type)
-        buf = torch.empty(min(chunk, hidden.shape[0]), weight.shape[0], dtype=acc, device=hidden.device) \
-            if plain and hidden.shape[0] else None
         inv_denom = 1.0 / denom
         per_row = inv_denom.dim() == 1  # a divisor per row (sequence mean) instead of one for all
         if per_row:
             inv_denom = inv_denom.index_select(0, rows)  # (n,)
-        for s in range(0, hidden.shape[0], chunk):
-            h, t = hidden[s : s + chunk], targets[s : s + chunk]
+        for s, h, t, e, sums, nll in _scored_chunks(hidden, weight, targets, chunk):
             n = h.shape[0]
             inv = inv_denom[s : s + n] if per_row else inv_denom
-            if plain:
-                logits = torch.mm(h, weight.t(), out=buf[:n])  # (n, V)
-            else:
-                logits = (h @ weight.t()).to(acc)  # (n, V); half-precision logits are upcast
-            picked = logits.gather(1, t[:, None]).squeeze(1)  # (n,) read before the in-place ops
-            top = logits.amax(dim=1)  # (n,) keeps exp() finite
-            sums = logits.sub_(top[:, None]).exp_().sum(dim=1)  # (n,) logits now hold exp(logit - top)
-            nll = sums.log() + top - picked  # (n,)
             total += (nll * inv).sum() if per_row else nll.sum()
             if need_h or need_w:
                 # d CE / d logits = softmax - onehot(target), scaled by 1 / denom
-                g = logits.mul_((inv / sums)[:, None])
+                g = e.mul_((inv / sums)[:, None])
                 g.scatter_add_(1, t[:, None], (-inv).to(acc).expand(n).reshape(n, 1).contiguous())
                 if plain:
                     if need_h:
@@ -116,20 +135,19 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 @torch.no_grad()
 def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
               *, chunk: int | None = None) -> torch.Tensor:
-    """Per-row negative log-likelihood (0 on IGNORE_INDEX rows), in row chunks, without gradients.
+    """Per-row negative log-likelihood (0 on IGNORE_INDEX rows) by the same kernel, without gradients.
 
     hidden (N, C), weight (V, C), targets (N,) -> (N,) float32 (float64 for float64 inputs).
     """
-    chunk = chunk or _chunk_rows(weight.shape[0])
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    rows = _scored_rows(targets)
     out = torch.zeros(hidden.shape[0], dtype=acc, device=hidden.device)
-    for s in range(0, hidden.shape[0], chunk):
-        h, t = hidden[s : s + chunk], targets[s : s + chunk]
-        valid = t != IGNORE_INDEX
-        logits = (h @ weight.t()).to(acc)  # (n, V)
-        picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
-        out[s : s + chunk] = (torch.logsumexp(logits, dim=-1) - picked) * valid
-    return out
+    scored = torch.empty(rows.numel(), dtype=acc, device=hidden.device)
+    chunks = _scored_chunks(hidden.index_select(0, rows), weight, targets.index_select(0, rows),
+                            chunk or _chunk_rows(weight.shape[0]))
+    for s, _, _, _, _, nll in chunks:
+        scored[s : s + nll.shape[0]] = nll
+    return out.index_copy_(0, rows, scored)
 
 
 def shift_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -160,8 +178,18 @@ def causal_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, input_ids: t
         per_seq = (targets != IGNORE_INDEX).sum(1, keepdim=True)  # (B, 1) scored tokens per sequence
         n_seq = (per_seq > 0).sum().clamp(min=1)
         row_denom = (per_seq.clamp(min=1) * n_seq).expand_as(targets).reshape(-1)  # (B*T,)
-    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head_weight, targets.reshape(-1),
-                                grad_rows=grad_rows, row_denom=row_denom)
+    return lm_loss_from_hidden(hidden, head_weight, targets, grad_rows=grad_rows, row_denom=row_denom)
+
+
+def lm_loss_from_hidden(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor, *,
+                        per_token: bool = False, grad_rows: torch.Tensor | None = None,
+                        row_denom: torch.Tensor | None = None):
+    """hidden (B, T, C), targets (B, T) (IGNORE_INDEX: not scored). ``per_token``: the NLL of every position
+    (B, T), 0 where not scored, without gradients (validation, perplexity); else (token-mean loss, tokens)."""
+    flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    if per_token:
+        return token_nll(flat_h, head_weight, flat_t).view(targets.shape)
+    return linear_cross_entropy(flat_h, head_weight, flat_t, grad_rows=grad_rows, row_denom=row_denom)
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, *, regression: bool) -> torch.Tensor:

@@ -106,6 +106,54 @@ def make_workdir(root, monkeypatch, books: dict[str, int]):
     return root
 
 
+def accelerate_launch(root, config, *args, timeout: int = 600):
+    """``accelerate launch --config_file CONFIG --num_processes 2 -m gptune ARGS`` in ``root`` (fp32); must succeed."""
+    import os
+    import subprocess
+    import sys
+
+    from gptune.distributed import free_port
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+           "--mixed_precision", "no", "--main_process_port", str(free_port()), "-m", "gptune", *args]
+    out = subprocess.run(cmd, cwd=root, env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def train_events(run, kind="train"):
+    import json
+
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if f'"{kind}"' in x]
+
+
+def finetune_args(model_dir, glue_dir, out_dir, mode):
+    """A 4-step SST-2 fine-tune of a tiny model, every dropout off (so processes can match one exactly)."""
+    sets = ["train.micro_batch_size=4", "train.global_batch_size=8", "task.max_length=40", "train.log_every=1",
+            "train.save_every=0", "model.config.dropout=0.0", "task.clf_dropout=0.0", "train.max_steps=4",
+            "lora.dropout=0.0"]
+    return ["finetune", "--task", "sst2", f"--{mode}", "--model", str(model_dir), "--data-dir", str(glue_dir),
+            "--out-dir", str(out_dir), *(x for s in sets for x in ("--set", s))]
+
+
+@pytest.fixture(scope="session")
+def sst2_dir(tmp_path_factory):
+    """glue_data/SST-2 with a learnable rule ('good' -> 1, 'bad' -> 0): 96 train, 24 dev rows."""
+    root = tmp_path_factory.mktemp("glue_small")
+    rng = random.Random(0)
+    words = "the a cat dog sat on mat ran to house big small red blue saw old man woman king tree".split()
+    sst = root / "SST-2"
+    sst.mkdir()
+    for name, n in (("train", 96), ("dev", 24)):
+        rows = []
+        for w in ["good", "bad"] * (n // 2):
+            s = [rng.choice(words) for _ in range(rng.randint(3, 8))]
+            s.insert(rng.randint(0, len(s)), w)
+            rows.append((" ".join(s), str(int(w == "good"))))
+        (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
+    return root
+
+
 def guide_loop(model, input_ids, max_length: int, stride: int) -> tuple[float, int]:
     """(summed NLL, tokens scored): the Hugging Face guide "Perplexity of fixed-length models" loop
     (batch 1, the model's own loss), counting the labels the loss averaged over after the shift: an

@@ -115,14 +115,14 @@ def test_batch_size_does_not_change_the_result(gpt2, ids):
     assert rel(four.nll_sum, one.nll_sum) < 1e-6
 
 
-def test_vocabulary_blocks_of_the_online_logsumexp(gpt2, ids, monkeypatch):
-    """Many narrow vocabulary blocks (running max rescaled between them) give the one-block result."""
+def test_row_chunks_of_the_shared_cross_entropy_kernel(gpt2, ids, monkeypatch):
+    """Perplexity runs on the training loss's kernel (losses.py): many small row chunks give the one-chunk result."""
+    import gptune.losses as losses
+
     whole = sliding_window_nll(gpt2, ids, max_length=64, stride=32)
-    monkeypatch.setattr(ppl, "_LOGIT_BLOCK_ELEMENTS", 64)
-    monkeypatch.setattr(ppl, "_MIN_VOCAB_BLOCK", 7)
-    monkeypatch.setattr(ppl, "_HEAD_MAX_ROWS", 50)
-    blocked = sliding_window_nll(gpt2, ids, max_length=64, stride=32)
-    assert rel(blocked.nll_sum, whole.nll_sum) < 1e-6
+    monkeypatch.setattr(losses, "_chunk_rows", lambda vocab: 7)
+    chunked = sliding_window_nll(gpt2, ids, max_length=64, stride=32)
+    assert rel(chunked.nll_sum, whole.nll_sum) < 1e-6
 
 
 def test_openai_gpt(tokenizer, ids):

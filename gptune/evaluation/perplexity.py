@@ -24,19 +24,9 @@ if TYPE_CHECKING:  # torch stays out of import time, so `gptune --help` stays fa
     import torch
 
 # Architectures whose LM head is exactly `get_output_embeddings()(base_model(...).last_hidden_state)`:
-# only these may skip the context positions' logits. Anything else gets full logits from `forward`.
-# Value: extra kwargs for the body (GPT-2 would otherwise build a KV cache it never uses).
-_HEAD_SPLIT_ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "GPT2LMHeadModel": {"use_cache": False},
-    "OpenAIGPTLMHeadModel": {},
-}
-
-# (tokens x vocab) logits are never materialised whole. Linear heads: an (N, k) block of logits at a time,
-# k = _LOGIT_BLOCK_ELEMENTS // N (4 MB: cache-sized; benchmarks/NOTES-ppl.md), at most
-# _HEAD_MAX_ROWS rows per pass over W. Other heads: _ROWWISE_CHUNK full-vocabulary rows at a time.
-_LOGIT_BLOCK_ELEMENTS = 1 << 20
-_HEAD_MAX_ROWS = 2048
-_MIN_VOCAB_BLOCK = 256  # narrower blocks make the matmul inefficient
+# only these go through the chunked cross-entropy from hidden states (losses.py), which skips the context
+# positions. Anything else gets full logits from `forward`, _ROWWISE_CHUNK rows of them at a time.
+_HEAD_SPLIT_ARCHITECTURES = {"GPT2LMHeadModel", "OpenAIGPTLMHeadModel"}
 _ROWWISE_CHUNK = 128
 
 
@@ -147,7 +137,10 @@ def sliding_window_nll(
 
     Full-length windows go ``batch_size`` at a time (same length, so no padding and no mask); the one
     shorter last window runs alone. With an ``accelerator`` of several processes, each process scores a
-    contiguous share of the windows and the sums are reduced, so every window is scored once overall.
+    contiguous share of the windows and the sums are reduced, so every window is scored once overall;
+    every process runs the same number of forward passes (a sharded model gathers its weights in each).
+    ``model``: a causal LM, a PEFT model, or a ``modeling.gpt.LMWithLoss`` as prepared by Accelerate
+    (wrapped: its forward is called, so FSDP2/ZeRO-3 shards are gathered as in training).
     ``progress(k)`` is called after each batch with the number of windows it finished (this process).
     """
     import torch
@@ -160,9 +153,8 @@ def sliding_window_nll(
         raise GptuneError(f"the text has {input_ids.numel()} token(s): perplexity needs at least 2 tokens")
     if batch_size < 1:
         raise GptuneError(f"batch_size must be >= 1, got {batch_size}")
-    if accelerator is not None:
-        model = accelerator.unwrap_model(model)
-    max_length, stride = resolve_windowing(model.config, max_length, stride)
+    inner = accelerator.unwrap_model(model) if accelerator is not None else model
+    max_length, stride = resolve_windowing(inner.config, max_length, stride)
 
     windows = plan_windows(input_ids.numel(), max_length, stride)
     rank, world = (
@@ -172,17 +164,21 @@ def sliding_window_nll(
 
     device = next(model.parameters()).device
     ids = input_ids.to(device)
-    scorer = _Scorer(model)
+    scorer = _Scorer(model, inner)
     was_training = model.training
     model.eval()  # dropout would make the numbers depend on the RNG
     start = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: FSDP2 writes its gathered weights into kept buffers
             nll = torch.zeros((), dtype=torch.float64, device=device)
-            for batch in _batches(mine, batch_size):
+            batches = _batches(mine, batch_size)
+            extra = _missing_passes(len(batches), world, device)
+            for batch in batches:
                 nll += scorer.batch_nll(ids, batch)
                 if progress is not None:
                     progress(len(batch))
+            for _ in range(extra):  # results discarded
+                scorer.batch_nll(ids, (batches or [[windows[0]]])[0])
             counts = torch.tensor(
                 [sum(w.scored for w in mine), len(mine)], dtype=torch.float64, device=device
             )
@@ -200,6 +196,18 @@ def sliding_window_nll(
         max_length=max_length,
         stride=stride,
     )
+
+
+def _missing_passes(mine: int, world: int, device) -> int:
+    """Forward passes this process must add so that all run as many as the busiest one."""
+    import torch
+    import torch.distributed as dist
+
+    if world < 2 or not dist.is_initialized():
+        return 0
+    most = torch.tensor(mine, device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most) - mine
 
 
 def _shard(windows: list[Window], rank: int, world: int) -> list[Window]:
@@ -221,20 +229,34 @@ def _batches(windows: Sequence[Window], batch_size: int) -> list[list[Window]]:
 
 
 class _Scorer:
-    """Turns a batch of windows into the summed NLL of their scored tokens (a float64 0-d tensor)."""
+    """Turns a batch of windows into the summed NLL of their scored tokens (a float64 0-d tensor).
 
-    def __init__(self, model: Any):
-        inner = _unwrap_peft(model)
-        body_kwargs = _HEAD_SPLIT_ARCHITECTURES.get(type(inner).__name__) if inner is not None else None
+    Split architectures go through ``LMWithLoss`` (the prepared one when given): the body's hidden states
+    and the chunked cross-entropy of ``losses``, only at scored positions. Anything else gets full logits."""
+
+    def __init__(self, model: Any, inner: Any = None):
+        """``inner``: ``model`` without its distributed wrapper (default: ``model`` itself)."""
+        from gptune.modeling.gpt import LMWithLoss
+
         self.model = model
-        self.split = body_kwargs is not None
+        inner = model if inner is None else inner
+        if isinstance(inner, LMWithLoss):
+            self.split, self.lm_loss = True, model
+            return
+        base = _unwrap_peft(inner)
+        head = base.get_output_embeddings() if base is not None else None
+        import torch
+
+        # a LoRA (or biased) head is more than its weight matrix: it must be called
+        self.split = (base is not None and type(base).__name__ in _HEAD_SPLIT_ARCHITECTURES
+                      and type(head) is torch.nn.Linear and head.bias is None)
         if self.split:
-            self.body = inner.base_model  # the transformer: hidden states before the LM head
-            self.head = inner.get_output_embeddings()
-            self.body_kwargs = body_kwargs
+            self.lm_loss = LMWithLoss(base, fused_gelu=False)
 
     def batch_nll(self, ids: torch.Tensor, batch: list[Window]) -> torch.Tensor:
         import torch
+
+        from gptune.losses import IGNORE_INDEX
 
         length = batch[0].length
         starts = torch.tensor([w.begin for w in batch], device=ids.device)
@@ -244,55 +266,15 @@ class _Scorer:
             [torch.arange(w.score_begin - w.begin - 1, length - 1) + b * length for b, w in enumerate(batch)]
         ).to(ids.device)  # (N,)
         targets = torch.cat([ids[w.score_begin : w.end] for w in batch])  # (N,)
-        if not self.split:
-            # unknown architecture: full logits from forward (prompt-learning PEFT prepends virtual tokens)
-            logits = self.model(input_ids=inputs).logits[:, -length:]  # (B, T, V)
-            logits = logits.reshape(-1, logits.size(-1))[rows]  # (N, V)
-            return _rowwise_nll(lambda lo, hi: logits[lo:hi].float(), targets)
-        hidden = self.body(input_ids=inputs, **self.body_kwargs).last_hidden_state  # (B, T, C)
-        hidden = hidden.reshape(-1, hidden.size(-1))[rows]  # (N, C): the LM head never sees context positions
-        head = self.head
-        if type(head) is torch.nn.Linear and hidden.dtype == head.weight.dtype == torch.float32:
-            total = torch.zeros((), dtype=torch.float64, device=hidden.device)
-            for lo in range(0, hidden.size(0), _HEAD_MAX_ROWS):
-                hi = lo + _HEAD_MAX_ROWS
-                total += _linear_head_nll(hidden[lo:hi], targets[lo:hi], head.weight, head.bias)
-            return total
-        return _rowwise_nll(lambda lo, hi: head(hidden[lo:hi]).float(), targets)  # e.g. LoRA on the head
-
-
-def _linear_head_nll(
-    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """Sum over rows of ``logsumexp(h @ W.T + b) - logit[target]``, one block of the vocabulary at a time.
-
-    An online logsumexp (running max and rescaled running sum) over vocabulary blocks: each (V/k, C)
-    block of W stays in cache while all N rows use it, and only an (N, V/k) block of logits exists at a
-    time. Measured faster than row chunks, which re-read all of W (77 MB for GPT-2) per chunk.
-    """
-    import torch
-
-    n, vocab = hidden.size(0), weight.size(0)
-    block = min(vocab, max(_MIN_VOCAB_BLOCK, _LOGIT_BLOCK_ELEMENTS // n))
-    buffer = torch.empty(n, block, dtype=torch.float32, device=hidden.device)
-    run_max = torch.full((n,), -math.inf, device=hidden.device)  # (N,)
-    run_sum = torch.zeros(n, device=hidden.device)  # (N,) sum of exp(logit - run_max)
-    picked = torch.zeros(n, device=hidden.device)  # (N,) logit of the target token
-    for lo in range(0, vocab, block):
-        w = weight[lo : lo + block]  # (k, C)
-        logits = buffer[:, : w.size(0)]  # (N, k) reused: no fresh pages per block
-        torch.mm(hidden, w.t(), out=logits)
-        if bias is not None:
-            logits.add_(bias[lo : lo + block])
-        # take the target logit from this very product (same rounding as the normaliser)
-        inside = (targets >= lo) & (targets < lo + w.size(0))  # (N,)
-        local = (targets - lo).clamp_(0, w.size(0) - 1)[:, None]  # (N, 1)
-        picked = torch.where(inside, logits.gather(1, local).squeeze(1), picked)
-        new_max = torch.maximum(run_max, logits.amax(dim=1))  # (N,)
-        run_sum = run_sum * torch.exp(run_max - new_max) + logits.sub_(new_max[:, None]).exp_().sum(dim=1)
-        run_max = new_max
-    lse = run_sum.log() + run_max  # (N,)
-    return (lse.double() - picked.double()).sum()
+        if self.split:
+            # context positions predict nothing: the LM head never sees them
+            grid = torch.full((inputs.numel(),), IGNORE_INDEX, dtype=torch.long, device=ids.device)
+            grid[rows] = targets
+            return self.lm_loss(inputs, targets=grid.view(inputs.shape), per_token=True).double().sum()
+        # unknown architecture: full logits from forward (prompt-learning PEFT prepends virtual tokens)
+        logits = self.model(input_ids=inputs).logits[:, -length:]  # (B, T, V)
+        logits = logits.reshape(-1, logits.size(-1))[rows]  # (N, V)
+        return _rowwise_nll(lambda lo, hi: logits[lo:hi].float(), targets)
 
 
 def _rowwise_nll(logits_of: Callable[[int, int], torch.Tensor], targets: torch.Tensor) -> torch.Tensor:

@@ -214,6 +214,18 @@ def use_fused_gelu(model: nn.Module) -> int:
     return swapped
 
 
+def block_class_names(lm: nn.Module) -> list[str]:
+    """Class names of the transformer blocks, one FSDP unit each: the model's ``_no_split_modules``, or
+    for models without one (OpenAI-GPT) the class of the body's ``h`` blocks."""
+    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    names = list(getattr(inner, "_no_split_modules", None) or [])
+    if not names:
+        body, _ = body_and_head(inner)
+        blocks = getattr(body, "h", None)
+        names = sorted({type(b).__name__ for b in blocks}) if blocks is not None else []
+    return names
+
+
 class SdpaOpenAIGPTAttention(_OpenAIGPTAttention):
     """OpenAI-GPT attention through ``F.scaled_dot_product_attention``. The eager code adds -1e4 above the
     diagonal and the model's (B, 1, 1, T) additive padding mask (0, or the dtype's minimum where a key is
@@ -245,19 +257,86 @@ def use_sdpa_attention(model: nn.Module) -> nn.Module:
     return model
 
 
-class LMWithLoss(nn.Module):
-    """A causal LM whose forward returns the token-mean LM loss, computed from hidden states with
-    the chunked head (the full logits are never built). Accelerate/DDP wrap this module, so the
-    forward that computes the loss is the one the distributed wrapper sees."""
+def body_kwargs(body: nn.Module) -> dict:
+    """Extra arguments for a body call that only needs hidden states: no KV cache where it would build one."""
+    import inspect
 
-    def __init__(self, lm: nn.Module):
+    return {"use_cache": False} if "use_cache" in inspect.signature(body.forward).parameters else {}
+
+
+def register_head_for_zero3(model: nn.Module) -> None:
+    """Under ZeRO-3 a parameter is gathered only inside its own module's forward. The chunked loss reads
+    the tied head matrix in the forward of ``model`` (an LMWithLoss or GPT1TaskModel, maybe under PEFT or
+    torch.compile), outside the embedding's forward, so DeepSpeed is told to gather it there too."""
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+    owner = getattr(model, "_orig_mod", model)
+    owner = owner.get_base_model() if hasattr(owner, "get_base_model") else owner  # PEFT
+    inner = owner.lm.get_base_model() if hasattr(owner.lm, "get_base_model") else owner.lm
+    for module in (inner.get_input_embeddings(), inner.get_output_embeddings()):
+        for p in module.parameters():
+            register_external_parameter(owner, p)
+
+
+class LMWithLoss(nn.Module):
+    """A causal LM whose forward returns the LM loss, computed from hidden states with the chunked head
+    (the full logits are never built). Accelerate/DDP/FSDP/DeepSpeed wrap this module, so the forward
+    that reads the (tied) head matrix is the one the engine gathers parameters for: validation and
+    perplexity call it too (``per_token=True``) rather than reading a possibly sharded weight outside it."""
+
+    def __init__(self, lm: nn.Module, *, fused_gelu: bool = True):
         super().__init__()
         self.lm = lm
-        use_fused_gelu(lm)
+        if fused_gelu:
+            use_fused_gelu(lm)
+        self._no_split_modules = block_class_names(lm)  # FSDP's wrap policy reads it off the wrapped model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        from gptune.losses import causal_lm_loss
+    @property
+    def config(self):
+        return self.lm.config
 
-        body, head = body_and_head(self.lm)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
-        return causal_lm_loss(hidden, head.weight, input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None, per_token: bool = False):
+        """input_ids (B, T). ``targets`` (B, T): what each position predicts (IGNORE_INDEX: nothing), by
+        default the next token (padding masked). Returns (token-mean loss, scored tokens), or with
+        ``per_token`` the NLL (B, T) of every position (0 where not scored), without gradients."""
+        from gptune.losses import lm_loss_from_hidden, shift_targets
+
+        body, _ = body_and_head(self.lm)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask,
+                      **body_kwargs(body)).last_hidden_state  # (B, T, C)
+        if targets is None:
+            targets = shift_targets(input_ids, attention_mask)  # (B, T)
+        return lm_loss_from_hidden(hidden, head_weight(self.lm), targets, per_token=per_token)
+
+
+def head_weight(lm: nn.Module) -> torch.Tensor:
+    """The LM head matrix (V, C) as the model uses it. With tied embeddings it is read from the input
+    embedding module, so under PEFT's trainable tokens it includes the trained rows of the new tokens.
+
+    Call it only inside the wrapped model's forward. Under FSDP2 the module holding the matrix may be
+    an FSDP unit of its own (Accelerate makes the input embedding one) that resharded after its own
+    forward: it is gathered again here, and its gradient still reaches the one reduce-scatter of that
+    unit in backward. Under ZeRO-3, ``register_head_for_zero3`` makes DeepSpeed gather it."""
+    _, head = body_and_head(lm)
+    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    owner = inner.get_input_embeddings() if getattr(inner.config, "tie_word_embeddings", False) else head
+    _unshard(owner)
+    return owner.weight
+
+
+def without_tied_copies(lm: nn.Module, state_dict: dict) -> dict:
+    """A consolidated state dict without the keys of weights tied to another (``lm_head.weight``): sharding
+    engines gather them as separate tensors, and a stale copy must not be saved beside the real one."""
+    tied = getattr(lm, "_tied_weights_keys", None) or {}
+    if not getattr(lm.config, "tie_word_embeddings", False):
+        return state_dict
+    return {k: v for k, v in state_dict.items() if k not in tied}
+
+
+def _unshard(module: nn.Module) -> None:
+    """All-gather the parameters of an FSDP2 unit (no-op for anything else)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(module, FSDPModule):
+        module.unshard()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from gptune.losses import causal_lm_loss, combined_loss, task_loss
-from gptune.modeling.gpt import body_and_head, use_fused_gelu
+from gptune.modeling.gpt import block_class_names, body_and_head, head_weight, use_fused_gelu
 from gptune.tasks import TaskSpec
 from gptune.transforms import SPECIAL_TOKENS, SpecialIds
 
@@ -54,16 +54,6 @@ def init_new_rows(lm: nn.Module, n_old: int, mode: str = "mean") -> None:
         emb[n_old:] = (old.mean(0, keepdim=True) + noise * old.std() * 0.1).to(emb.dtype)
 
 
-def head_weight(lm: nn.Module) -> torch.Tensor:
-    """The LM head matrix (V, C) as the model uses it. With tied embeddings it is read from the input
-    embedding module, so under PEFT's trainable tokens it includes the trained rows of the new tokens."""
-    _, head = body_and_head(lm)
-    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    if getattr(inner.config, "tie_word_embeddings", False):
-        return inner.get_input_embeddings().weight
-    return head.weight
-
-
 def head_grad_rows(lm: nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
     """The rows of the tied LM head matrix that can receive a gradient, when only some can: under PEFT's
     trainable tokens with a frozen base matrix, the head is ``index_copy(frozen, new_ids, deltas)``, so
@@ -86,6 +76,7 @@ class GPT1TaskModel(nn.Module):
         super().__init__()
         self.lm = lm
         use_fused_gelu(lm)
+        self._no_split_modules = block_class_names(lm)  # FSDP's wrap policy reads it off the wrapped model
         self.kind = task.kind
         self.regression = task.is_regression
         self.lm_coef = lm_coef

@@ -119,16 +119,20 @@ def base_reference(spec: str) -> str:
 
 def save_task_model(model, state_dict: dict | None, tokenizer, info: TaskModelInfo, out: Path) -> None:
     """Write a ``final/``-style folder (main process only). ``model``: the unwrapped GPT1TaskModel or
-    PeftModel; ``state_dict``: the full state dict (from ``accelerator.get_state_dict``) or None."""
+    PeftModel; ``state_dict``: the consolidated state dict (``accelerator.get_state_dict``, which gathers
+    FSDP/ZeRO-3 shards), or None for a model that is not sharded."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     if info.lora:
         model.peft_config["default"].base_model_name_or_path = info.base_model
-        model.save_pretrained(str(out))
+        # under FSDP/ZeRO-3 the model's own tensors are shards: the adapter comes from the consolidated dict
+        model.save_pretrained(str(out), state_dict=state_dict)
     else:
         sd = state_dict if state_dict is not None else model.state_dict()
-        lm_sd = {k.removeprefix("lm."): v for k, v in sd.items() if k.startswith("lm.")}
+        from gptune.modeling.gpt import without_tied_copies
+
+        lm_sd = without_tied_copies(model.lm, {k.removeprefix("lm."): v for k, v in sd.items() if k.startswith("lm.")})
         model.lm.save_pretrained(str(out), state_dict=lm_sd, safe_serialization=True)
         head = {k.removeprefix("clf_head."): v.detach().contiguous().cpu() for k, v in sd.items()
                 if k.startswith("clf_head.")}
@@ -169,11 +173,11 @@ def load_task_model(folder: str | Path, *, flag: str = "--model"):
     return model, tokenizer, info
 
 
-def merge_lora(peft_model, tokenizer, info: TaskModelInfo, out: Path) -> Path:
-    """Fold the adapter (and the new token rows) into the base weights; write a full task-model folder."""
-    import copy
-
-    merged = copy.deepcopy(peft_model).merge_and_unload()
+def merge_lora(folder: Path, out: Path) -> Path:
+    """Fold the adapter saved in ``folder`` (and the new token rows) into the base weights; write a full
+    task-model folder. Rebuilt from the saved folder, never copied from a (possibly sharded) live model."""
+    model, tokenizer, info = load_task_model(folder)
+    merged = model.merge_and_unload()
     full = TaskModelInfo(info.task, info.input_style, info.max_length, info.base_model, False, info.special_ids)
     save_task_model(merged, None, tokenizer, full, out)
     return out

@@ -251,7 +251,7 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
     final = run_dir / name
     accelerator.wait_for_everyone()
     inner = accelerator.unwrap_model(model)
-    state_dict = None if recipe.lora.enabled else accelerator.get_state_dict(model)
+    state_dict = accelerator.get_state_dict(model)  # every process: FSDP/ZeRO-3 gather the shards here
     if accelerator.is_main_process:
         info = TaskModelInfo(task, recipe.task.input_style, recipe.task.max_length,
                              base_reference(recipe.model.name_or_path), recipe.lora.enabled, special_ids)
@@ -259,7 +259,7 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
         def write(tmp: Path) -> None:
             save_task_model(inner, state_dict, tokenizer, info, tmp)
             if merge and recipe.lora.enabled:
-                merge_lora(inner, tokenizer, info, tmp / "merged")
+                merge_lora(tmp, tmp / "merged")
 
         publish_final(run_dir, write, recipe_yaml, metrics, name)
     accelerator.wait_for_everyone()

@@ -62,23 +62,21 @@ def lm_step(model, batch) -> StepOutput:
 @torch.no_grad()
 def evaluate_lm(accelerator, model, loader, max_batches: int | None) -> dict:
     """Token-weighted validation loss and perplexity over processes; ``gather_for_metrics`` drops the
-    samples Accelerate repeats to even out the last batch, so every block counts exactly once."""
-    from gptune.losses import shift_targets, token_nll
-    from gptune.modeling.gpt import body_and_head
+    samples Accelerate repeats to even out the last batch, so every block counts exactly once. The NLL
+    comes from the wrapped model's own forward, so sharded weights are gathered as in training."""
+    from gptune.losses import IGNORE_INDEX, shift_targets
 
     model.eval()
-    body, head = body_and_head(accelerator.unwrap_model(model).lm)
     nll = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         ids, mask = batch["input_ids"], batch.get("attention_mask")
-        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
         targets = shift_targets(ids, mask)  # (B, T)
-        per_tok = token_nll(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1))
-        seq_nll = per_tok.view(ids.shape).sum(1).double()  # (B,)
-        seq_n = (targets != -100).sum(1).double()  # (B,)
+        per_tok = model(ids, mask, targets=targets, per_token=True)  # (B, T)
+        seq_nll = per_tok.sum(1).double()  # (B,)
+        seq_n = (targets != IGNORE_INDEX).sum(1).double()  # (B,)
         seq_nll, seq_n = accelerator.gather_for_metrics((seq_nll, seq_n))
         nll += seq_nll.sum()
         count += seq_n.sum()
@@ -95,8 +93,7 @@ def sliding_window_val(accelerator, model, data, tokenizer, block_size: int) -> 
     from gptune.evaluation.perplexity import perplexity_report, sliding_window_nll
 
     text = validation_text(data, tokenizer)
-    lm = accelerator.unwrap_model(model).lm
-    result = sliding_window_nll(lm, encode_text(tokenizer, text), max_length=block_size, stride=block_size // 2,
+    result = sliding_window_nll(model, encode_text(tokenizer, text), max_length=block_size, stride=block_size // 2,
                                 accelerator=accelerator if accelerator.num_processes > 1 else None)
     report = perplexity_report(result, text)
     return {"val_ppl_sliding": report["perplexity"], "val_bits_per_byte": report["bits_per_byte"],
@@ -111,7 +108,9 @@ def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, m
     lm = accelerator.unwrap_model(model).lm
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        inner = {k.removeprefix("lm."): v for k, v in state_dict.items()}
+        from gptune.modeling.gpt import without_tied_copies
+
+        inner = without_tied_copies(lm, {k.removeprefix("lm."): v for k, v in state_dict.items()})
 
         def write(tmp: Path) -> None:
             lm.save_pretrained(tmp, state_dict=inner, safe_serialization=True)

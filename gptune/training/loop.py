@@ -63,19 +63,83 @@ class StopFlag:
         return False
 
 
+def launch_engine() -> str | None:
+    """The sharding engine ``accelerate launch`` asked for (from its environment): "deepspeed", "fsdp" or None."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    return None
+
+
+def _process_state(engine: str | None, timeout):
+    """Accelerate's process state, right for every engine on GPUs and on CPU processes.
+
+    Plain DDP on CPU needs ``cpu=True`` (gloo, MULTI_CPU). ``cpu=True`` would also switch DeepSpeed and
+    FSDP off, so under those the state is built with the gloo backend instead: without it Accelerate
+    reports 1 process, index 0 on every rank under DeepSpeed. Accelerate turns FSDP on only for
+    accelerator devices; on CPU processes gptune marks the state multi-device so Accelerate's own
+    FSDP2 path (``fully_shard`` per block, then the root) runs, over gloo -- how the test suite proves
+    sharding without a GPU.
+    """
+    import os
+
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    cuda = torch.cuda.is_available()
+    if engine is None or cuda:
+        return PartialState(cpu=engine is None and not cuda, timeout=timeout)
+    if engine == "fsdp" and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise GptuneError("fsdp_config.fsdp_version: FSDP on CPU processes needs fsdp_version: 2 (FSDP2)")
+    state = PartialState(backend="gloo", timeout=timeout)
+    if engine == "fsdp" and state.distributed_type == DistributedType.NO and state.num_processes > 1:
+        state._shared_state["distributed_type"] = DistributedType.MULTI_GPU  # Accelerate then takes FSDP
+    return state
+
+
+def _deepspeed_plugin(cfg: TrainConfig, accum: int):
+    """The launcher's DeepSpeed config with gptune's numbers where it says ``auto`` (or nothing): the
+    accumulation, clipping and batch sizes are decided by the recipe, before any DataLoader is prepared."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin()
+    ds = plugin.deepspeed_config
+    ours = {"gradient_accumulation_steps": accum, "gradient_clipping": cfg.grad_clip,
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size, "train_batch_size": cfg.global_batch_size}
+    for key, value in ours.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif float(ds[key]) != float(value):
+            raise GptuneError(f"deepspeed config {key}={ds[key]} disagrees with the recipe ({value}); set it to "
+                              "auto (gptune derives it from train.micro_batch_size, global_batch_size, grad_clip)")
+    return plugin
+
+
 def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     """An Accelerator whose gradient accumulation keeps ``train.global_batch_size`` whatever the
-    number of processes: accumulation = global / (micro x processes)."""
+    number of processes: accumulation = global / (micro x processes). Mixed precision: the recipe's
+    ``train.mixed_precision`` when set, else the launcher's."""
     from datetime import timedelta
 
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+    from accelerate import Accelerator
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        GradientAccumulationPlugin,
+        InitProcessGroupKwargs,
+        ProjectConfiguration,
+    )
 
-    # Without accelerators, processes started by torchrun talk over gloo only when told cpu=True.
     cpu = not torch.cuda.is_available()
+    if not cpu:
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls (Ampere+)
+        torch.backends.cudnn.allow_tf32 = True
     # the process group is created here, first: a collective waiting longer than this raises
     timeout = timedelta(seconds=cfg.dist_timeout)
-    world = PartialState(cpu=cpu, timeout=timeout).num_processes
+    engine = launch_engine()
+    world = _process_state(engine, timeout).num_processes
     per_step = cfg.micro_batch_size * world
     if cfg.global_batch_size % per_step:
         raise GptuneError(
@@ -89,10 +153,14 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     if cfg.tracker != "none" and run_dir is not None:
         kwargs = dict(log_with=cfg.tracker, project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                                 logging_dir=str(run_dir / "logs")))
+    if cfg.mixed_precision is not None:
+        kwargs["mixed_precision"] = cfg.mixed_precision
+    if engine == "deepspeed":
+        kwargs["deepspeed_plugin"] = _deepspeed_plugin(cfg, accum)
     acc = Accelerator(
-        cpu=cpu,
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=accum,
+        cpu=engine is None and cpu,
+        # a plugin, not gradient_accumulation_steps=: Accelerate would int() the launcher's "auto"
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum),
         # our schedule counts optimizer steps; Accelerate would step it once per process otherwise
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
@@ -100,6 +168,8 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
         dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
         **kwargs,
     )
+    if engine == "deepspeed":
+        _build_models_whole(acc.state.deepspeed_plugin)
     return acc
 
 
@@ -108,6 +178,18 @@ def compile_in_place(model: torch.nn.Module) -> None:
     would wrap it instead, and every state dict taken through the wrapper (checkpoints, ``final/``) would carry
     ``_orig_mod.`` keys that ``from_pretrained`` silently ignores, loading random weights."""
     model.compile()
+
+
+def _build_models_whole(plugin) -> None:
+    """gptune builds (and resizes) the model before ``prepare``, which partitions it. Accelerate registers
+    its DeepSpeed config with transformers even when ``zero3_init_flag`` is false, and transformers then
+    builds ZeRO-3 models already partitioned (every weight empty); unregister it."""
+    if plugin.zero3_init_flag:
+        raise GptuneError("deepspeed_config.zero3_init_flag: gptune builds the model before prepare(); set it to "
+                          "false in the Accelerate config")
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -87,6 +87,11 @@ def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_di
     from gptune.training.optim import LrPlan, build_optimizer, build_scheduler, plan_lr
 
     optimizer = build_optimizer(model, recipe.train)
+    ds = accelerator.state.deepspeed_plugin
+    if ds is not None and ds.zero_stage == 3:
+        from gptune.modeling.gpt import register_head_for_zero3
+
+        register_head_for_zero3(model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     total = plan_steps(recipe.train, len(train_loader), accelerator.gradient_accumulation_steps)
     saved = read_state(ckpt) if ckpt is not None else None
