@@ -123,6 +123,8 @@ def plot(
 
 TaskOpt = Annotated[str | None, typer.Option("--task", help="GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli) "
                                                                  "or a custom task's name.")]
+BaseModelOpt = Annotated[str | None, typer.Option("--base-model", help="A LoRA task model's base model folder "
+                                                                     "(default: the one recorded in its task.json).")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="GLUE data in the glue_data layout (DIR/SST-2/"
                                                                    "train.tsv); else $GPTUNE_GLUE_DIR, ./glue_data, the hub.")]
 
@@ -177,6 +179,7 @@ def eval_(
     stride: Annotated[int | None, typer.Option(help="--ppl: window stride.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="--ppl: windows per forward pass.")] = None,
     json_path: Annotated[str | None, typer.Option("--json", help="--ppl: also write the result to this JSON file.")] = None,
+    base_model: BaseModelOpt = None,
     num_processes: ProcsOpt = None,
 ) -> None:
     """Evaluate: a task model on its dev split(s) (--task), all GLUE tasks (--glue), or perplexity (--ppl)."""
@@ -199,7 +202,7 @@ def eval_(
         raise GptuneError("eval --task: pass --model RUN/final (a folder written by gptune finetune)")
     from gptune.runners.evaluate import run_task_eval
 
-    run_task_eval(model, task=task, data_dir=data_dir, split=split)
+    run_task_eval(model, task=task, data_dir=data_dir, split=split, base_model=base_model)
 
 
 @app.command()
@@ -209,11 +212,12 @@ def predict(
     data_dir: DataDirOpt = None,
     split: Annotated[str, typer.Option(help="Split to label (test, validation, ...).")] = "test",
     out: Annotated[str | None, typer.Option(help="Output TSV (default MODEL/predictions-<task>-<split>.tsv).")] = None,
+    base_model: BaseModelOpt = None,
 ) -> None:
     """Label a split with a task model: a GLUE-submission TSV (index, prediction)."""
     from gptune.runners.evaluate import run_predict
 
-    run_predict(model, task=task, data_dir=data_dir, split=split, out=out)
+    run_predict(model, task=task, data_dir=data_dir, split=split, out=out, base_model=base_model)
 
 
 def _model_or_default(model: str | None) -> str:

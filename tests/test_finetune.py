@@ -167,26 +167,31 @@ def test_multiple_choice_softmax_over_candidates_and_lm_coef_zero(tok, tiny_mode
 
 # ----------------------------------------------------------------------------- LoRA
 def test_lora_trainable_set_is_exact_and_gradients_reach_head_and_new_rows(tok, tiny_model_dir):
-    from gptune.modeling.lora import apply_lora, trainable_names
+    from gptune.config import build_recipe
+    from gptune.modeling.lora import trainable_names
+    from gptune.modeling.task_io import build_task_model
 
     tokenizer, ids = tok
     task = get_task("rte")
-    model = apply_lora(_task_model(tiny_model_dir, task, tokenizer), LoraConfig(), [ids.start, ids.delim, ids.end])
-    pre = "base_model.model."
-    expected = {f"{pre}clf_head.modules_to_save.default.weight", f"{pre}clf_head.modules_to_save.default.bias",
-                f"{pre}lm.transformer.wte.token_adapter.trainable_tokens_delta.default"}
+    recipe = build_recipe({"model": {"name_or_path": tiny_model_dir, "config": {"dropout": 0.0}},
+                           "task": {"name": "rte", "clf_dropout": 0.0}, "lora": {"enabled": True},
+                           "train": {"max_steps": 1}})
+    model = build_task_model(recipe, task, tokenizer, ids)
+    pre = "lm.base_model.model."  # the adapter sits on the bare LM; the head beside it, outside PEFT
+    expected = {"clf_head.weight", "clf_head.bias", f"{pre}transformer.wte.token_adapter.trainable_tokens_delta.default"}
     for layer in range(2):
         for mod in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
             for ab in ("A", "B"):
-                expected.add(f"{pre}lm.transformer.h.{layer}.{mod}.lora_{ab}.default.weight")
+                expected.add(f"{pre}transformer.h.{layer}.{mod}.lora_{ab}.default.weight")
     assert trainable_names(model) == expected
+    assert model.lm.peft_config["default"].task_type == "CAUSAL_LM"
     model.train()
     batch = _batch(task, [{"sentence1": "the cat", "sentence2": "a dog", "label": 0, "idx": 0}], tokenizer, ids)
     model(**batch)["loss"].backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert set(grads) <= expected
-    assert grads[f"{pre}clf_head.modules_to_save.default.weight"].abs().sum() > 0
-    delta = grads[f"{pre}lm.transformer.wte.token_adapter.trainable_tokens_delta.default"]
+    assert grads["clf_head.weight"].abs().sum() > 0
+    delta = grads[f"{pre}transformer.wte.token_adapter.trainable_tokens_delta.default"]
     assert delta.shape == (3, 32) and (delta.abs().sum(-1) > 0).all()  # every new token row learns
 
 
@@ -353,7 +358,7 @@ def test_bad_input_is_one_line_exit_2(case, workdir, tiny_model_dir, capsys):
         final = workdir / "final"
         final.mkdir()
         (final / "config.json").write_text("{}")
-        (final / "task.json").write_text(json.dumps({"format": 1, "task": get_task("rte").to_dict(),
+        (final / "task.json").write_text(json.dumps({"format": 2, "task": get_task("rte").to_dict(),
                                                      "input_style": "gpt1", "max_length": 40, "base_model": "x",
                                                      "lora": True, "special_ids": None}))
         args = ["eval", "--task", "sst2", "--model", str(final)]

@@ -307,8 +307,7 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
 
 
 def _lm_config(model):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.lm.config
+    return model.lm.config  # under LoRA a PeftModel, which forwards .config to the LM
 
 
 def _data_where(task: TaskSpec, data_dir: str | None) -> str:
@@ -324,7 +323,7 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
                     recipe_yaml: str, metrics: dict, *, merge: bool = False) -> Path:
     """``final/``: adapter or full model + tokenizer + task.json + metrics.json + recipe.yaml
     (``final/merged``: the LoRA folded in). Written to a temporary folder, then renamed."""
-    from gptune.modeling.task_io import TaskModelInfo, base_reference, merge_lora, save_task_model
+    from gptune.modeling.task_io import TaskModelInfo, merge_lora, save_task_model
 
     final = run_dir / "final"
     accelerator.wait_for_everyone()
@@ -332,7 +331,7 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
     state_dict = None if recipe.lora.enabled else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         info = TaskModelInfo(task, recipe.task.input_style, recipe.task.max_length,
-                             base_reference(recipe.model.name_or_path), recipe.lora.enabled, ids)
+                             recipe.model.name_or_path, recipe.lora.enabled, ids)
 
         def write(tmp: Path) -> None:
             save_task_model(inner, state_dict, tokenizer, info, tmp)

@@ -17,7 +17,7 @@ def newest_run_final(root: Path = Path("runs")) -> Path | None:
     return max(found)[1] if found else None
 
 
-def load_lm_for_ppl(spec: str):
+def load_lm_for_ppl(spec: str, base_model: str | None = None):
     """(causal LM in eval mode, tokenizer, recipe dict or None) for a model folder, a gptune run's
     ``final/`` (a fine-tuned task model: its LM, with any LoRA merged in), a PEFT adapter, or a hub id."""
     from transformers import AutoTokenizer
@@ -30,10 +30,9 @@ def load_lm_for_ppl(spec: str):
     if is_local(spec) and (path / "recipe.yaml").is_file():
         recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
     if is_local(spec) and is_task_model(path):
-        model, tokenizer, info = load_task_model(path)
-        if info.lora:
-            model = model.merge_and_unload()
-        return model.lm.eval(), tokenizer, recipe
+        model, tokenizer, info = load_task_model(path, base_model=base_model)
+        lm = model.lm.merge_and_unload() if info.lora else model.lm
+        return lm.eval(), tokenizer, recipe
     if is_local(spec) and (path / "adapter_config.json").is_file():
         try:
             from peft import AutoPeftModelForCausalLM
