@@ -179,6 +179,9 @@ def eval_(
     stride: Annotated[int | None, typer.Option(help="--ppl: window stride.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="--ppl: windows per forward pass.")] = None,
     json_path: Annotated[str | None, typer.Option("--json", help="--ppl: also write the result to this JSON file.")] = None,
+    prepend_eos: Annotated[bool, typer.Option("--prepend-eos", help="--ppl: lm-eval's convention: prepend EOS "
+                                                                    "(BOS if any) so the first token is scored; windows "
+                                                                    "predict max_length tokens after one of context.")] = False,
     base_model: BaseModelOpt = None,
     num_processes: ProcsOpt = None,
 ) -> None:
@@ -191,7 +194,7 @@ def eval_(
         from gptune.runners.perplexity import run_ppl_eval
 
         run_ppl_eval(model=model, data=data, max_length=max_length, stride=stride, batch_size=batch_size,
-                     json_path=json_path)
+                     json_path=json_path, prepend_eos=prepend_eos, base_model=base_model)
         return
     if glue:
         from gptune.runners.evaluate import run_glue_eval

@@ -86,8 +86,17 @@ def run_validation_text(recipe: dict, tokenizer) -> tuple[str, str]:
     return "\n\n".join(texts), f"validation split of {data.get('path')} ({len(blocks)} blocks)"
 
 
+def prefix_token_id(tokenizer) -> int:
+    """The token lm-eval prepends for rolling log-likelihoods: BOS, else EOS."""
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    raise GptuneError("--prepend-eos: the tokenizer has neither a BOS nor an EOS token to prepend")
+
+
 def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_length: int | None = None,
-                 stride: int | None = None, batch_size: int | None = None, json_path: str | None = None) -> dict:
+                 stride: int | None = None, batch_size: int | None = None, json_path: str | None = None,
+                 prepend_eos: bool = False, base_model: str | None = None) -> dict:
     from gptune.evaluation.perplexity import (
         encode_text,
         load_eval_text,
@@ -103,7 +112,7 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
         if found is None:
             raise GptuneError("eval --ppl: no runs/*/final in this folder; pass --model DIR (or a hub id)")
         model = str(found)
-    lm, tokenizer, recipe = load_lm_for_ppl(model)
+    lm, tokenizer, recipe = load_lm_for_ppl(model, base_model)
     if data is None:
         if recipe is None:
             raise GptuneError(f"eval --ppl: {model} is not a gptune run folder, so it has no validation split; "
@@ -111,13 +120,19 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
         text, where = run_validation_text(recipe, tokenizer)
     else:
         text, where = load_eval_text(data), data
-    max_length, stride = resolve_windowing(lm.config, max_length, stride)
-    say(f"eval --ppl: model {model} | data {where} | max_length {max_length}, stride {stride}")
+    if prepend_eos and stride is not None:
+        raise GptuneError("--stride: not used with --prepend-eos (lm-eval's windows: each predicts max_length "
+                          "tokens after one token of context); drop one of the two")
+    prefix = prefix_token_id(tokenizer) if prepend_eos else None
+    max_length, stride = resolve_windowing(lm.config, max_length, max_length if prepend_eos else stride)
+    say(f"eval --ppl: model {model} | data {where} | max_length {max_length}, "
+        + ("lm-eval rolling windows (EOS prepended)" if prepend_eos else f"stride {stride}"))
     accelerator = _accelerator()
     lm = lm.to(accelerator.device)
     ids = encode_text(tokenizer, text)
     result = sliding_window_nll(lm, ids, max_length=max_length, stride=stride, batch_size=batch_size or 8,
-                                accelerator=accelerator if accelerator.num_processes > 1 else None)
+                                accelerator=accelerator if accelerator.num_processes > 1 else None,
+                                prefix_token=prefix)
     report = perplexity_report(result, text, tokenizer)
     report.update(model=model, data=where)
     summary_table("perplexity", {k: report[k] for k in (
