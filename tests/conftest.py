@@ -104,3 +104,33 @@ def make_workdir(root, monkeypatch, books: dict[str, int]):
     for i, (name, n) in enumerate(books.items(), start=1):
         (root / "books" / name).write_text(make_text(n, i))
     return root
+
+
+GLUE_WORDS = "the a cat dog sat on mat ran to house big small red blue saw old man woman king tree".split()
+
+
+def glue_sentence(rng, word):
+    """A few random words with ``word`` somewhere among them (what makes the fixture tasks learnable)."""
+    words = [rng.choice(GLUE_WORDS) for _ in range(rng.randint(3, 8))]
+    words.insert(rng.randint(0, len(words)), word)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory):
+    """glue_data layout: SST-2 (learnable: 'good' -> 1, 'bad' -> 0, with a test split) and RTE."""
+    root = tmp_path_factory.mktemp("glue_data")
+    rng = random.Random(0)
+    sst = root / "SST-2"
+    sst.mkdir()
+    for name, n in (("train", 96), ("dev", 24)):
+        rows = [(glue_sentence(rng, w), str(int(w == "good"))) for w in ["good", "bad"] * (n // 2)]
+        (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
+    (sst / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{glue_sentence(rng, 'good')}\n" for i in range(10)))
+    rte = root / "RTE"
+    rte.mkdir()
+    for name, n in (("train", 32), ("dev", 12)):
+        lines = [f"{i}\t{glue_sentence(rng, 'cat')}\t{glue_sentence(rng, 'dog')}\t{rng.choice(['entailment', 'not_entailment'])}"
+                 for i in range(n)]
+        (rte / f"{name}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(lines) + "\n")
+    return str(root)

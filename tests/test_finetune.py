@@ -13,14 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import glue_sentence as _sentence
 from gptune.cli import main
-from gptune.config import LoraConfig, build_recipe, read_recipe_file
+from gptune.config import build_recipe, read_recipe_file
 from gptune.data.collate import LengthGroupedSampler, TaskCollator
 from gptune.data.features import encode_rows
 from gptune.errors import GptuneError
 from gptune.tasks import custom_task, get_task
-
-WORDS = "the a cat dog sat on mat ran to house big small red blue saw old man woman king tree".split()
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -32,32 +31,6 @@ def tok(tiny_tokenizer_dir):
 
     t = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     return t, add_task_tokens(t)
-
-
-def _sentence(rng, word):
-    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
-    words.insert(rng.randint(0, len(words)), word)
-    return " ".join(words)
-
-
-@pytest.fixture(scope="session")
-def glue_dir(tmp_path_factory):
-    """glue_data layout: SST-2 (learnable: 'good' -> 1, 'bad' -> 0, with a test split) and RTE."""
-    root = tmp_path_factory.mktemp("glue_data")
-    rng = random.Random(0)
-    sst = root / "SST-2"
-    sst.mkdir()
-    for name, n in (("train", 96), ("dev", 24)):
-        rows = [(_sentence(rng, w), str(int(w == "good"))) for w in ["good", "bad"] * (n // 2)]
-        (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
-    (sst / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{_sentence(rng, 'good')}\n" for i in range(10)))
-    rte = root / "RTE"
-    rte.mkdir()
-    for name, n in (("train", 32), ("dev", 12)):
-        lines = [f"{i}\t{_sentence(rng, 'cat')}\t{_sentence(rng, 'dog')}\t{rng.choice(['entailment', 'not_entailment'])}"
-                 for i in range(n)]
-        (rte / f"{name}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(lines) + "\n")
-    return str(root)
 
 
 @pytest.fixture()

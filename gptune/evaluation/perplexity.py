@@ -434,7 +434,7 @@ def encode_text(tokenizer: Any, text: str) -> torch.LongTensor:
 
 
 def perplexity_report(result: NllResult, text: str, tokenizer: Any = None) -> dict[str, Any]:
-    """Every number needed to compare with other tools, and the windowing that produced them.
+    r"""Every number needed to compare with other tools, and the windowing that produced them.
 
     ``bits_per_byte = nll_sum / (ln 2 * utf-8 bytes)`` and ``word_perplexity = exp(nll_sum / words)``
     (words = ``len(re.split(r"\s+", text))``, lm-eval's count, edge empties included) are per text unit,
