@@ -226,6 +226,11 @@ class LoraConfig:
     """Modules that get adapters (GPT-2 and GPT-1 names; both use Conv1D, so fan_in_fan_out is set)."""
     merge: bool = False
     """Also write a merged full model to ``final/merged``."""
+    save_embeddings: bool = False
+    """Save the whole input-embedding matrix (new token rows included) in the adapter instead of PEFT's
+    trainable-token rows: the adapter grows by vocabulary x width floats (GPT-1: ~124 MB), but no wrapper
+    sits on the embedding, so lm-evaluation-harness's ``peft=`` loading (which re-ties the embeddings)
+    works."""
     lr: float | None = None
     """Peak learning rate when LoRA is on (replaces ``train.lr``; absent: ``train.lr``). Adapters
     start at zero and need a larger rate than full fine-tuning."""

@@ -134,3 +134,15 @@ def glue_dir(tmp_path_factory):
                  for i in range(n)]
         (rte / f"{name}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(lines) + "\n")
     return str(root)
+
+
+def finetune_recipe(model, data_dir, *, task="sst2", lora=True, sets=()):
+    """A fast fine-tuning recipe on the fixture data (no dropout, tiny batches, no periodic checkpoint)."""
+    from gptune.config import build_recipe, read_recipe_file
+    from gptune.runners.finetune import DEFAULT_RECIPE
+
+    base = ["train.micro_batch_size=8", "train.global_batch_size=16", "task.max_length=40", "train.log_every=1",
+            "train.save_every=0", "model.config.dropout=0.0", "task.clf_dropout=0.0"]
+    return build_recipe(read_recipe_file(DEFAULT_RECIPE),
+                        {"task.name": task, "model.name_or_path": model, "task.data_dir": data_dir,
+                         "lora.enabled": lora}, [*base, *sets])

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import finetune_recipe as _recipe
 from conftest import glue_sentence as _sentence
 from gptune.cli import main
 from gptune.config import build_recipe, read_recipe_file
@@ -40,16 +41,6 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
     monkeypatch.delenv("GPTUNE_GLUE_DIR", raising=False)
     return tmp_path
-
-
-def _recipe(model, data_dir, *, task="sst2", lora=True, sets=()):
-    from gptune.runners.finetune import DEFAULT_RECIPE
-
-    base = ["train.micro_batch_size=8", "train.global_batch_size=16", "task.max_length=40", "train.log_every=1",
-            "train.save_every=0", "model.config.dropout=0.0", "task.clf_dropout=0.0"]
-    return build_recipe(read_recipe_file(DEFAULT_RECIPE),
-                        {"task.name": task, "model.name_or_path": model, "task.data_dir": data_dir,
-                         "lora.enabled": lora}, [*base, *sets])
 
 
 def _task_model(model_dir, task, tokenizer, lm_coef=0.5):

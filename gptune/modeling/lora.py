@@ -11,6 +11,8 @@ GPT-2 and GPT-1 implement their projections as ``Conv1D`` (weight stored as (in,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from gptune.config import LoraConfig as LoraRecipe
@@ -42,3 +44,29 @@ def apply_lora(lm: nn.Module, cfg: LoraRecipe, new_token_ids: list[int]):
 
 def trainable_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(lm, out, *, embeddings: bool = False) -> None:
+    """Write ``lm``'s adapter to ``out``: LoRA weights plus the new token rows (PEFT's trainable tokens), or
+    with ``embeddings`` the full input-embedding matrix, those rows folded in, under its plain name
+    (``base_model.model.transformer.wte.weight``), which PEFT loads straight into the (resized) base model."""
+    if not embeddings:
+        lm.save_pretrained(str(out), save_embedding_layers=False)  # the base rows come from the base model
+        return
+    import copy
+
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(lm.peft_config["default"])
+    config.trainable_token_indices = None
+    config.inference_mode = True
+    state = {k: v.detach().contiguous().cpu() for k, v in
+             get_peft_model_state_dict(lm, save_embedding_layers=False).items() if ".token_adapter." not in k}
+    base = lm.get_base_model()
+    emb = base.get_input_embeddings()
+    name = next(n for n, m in base.named_modules() if m is emb)
+    state[f"base_model.model.{name}.weight"] = emb.weight.detach().clone().contiguous().cpu()  # rows merged in
+    Path(out).mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(out))
+    save_file(state, str(Path(out) / "adapter_model.safetensors"), metadata={"format": "pt"})

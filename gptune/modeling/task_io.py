@@ -150,15 +150,18 @@ def resolve_base(info: TaskModelInfo, folder: Path, override: str | None = None)
     return str(path)
 
 
-def save_task_model(model, state_dict: dict | None, tokenizer, info: TaskModelInfo, out: Path) -> None:
+def save_task_model(model, state_dict: dict | None, tokenizer, info: TaskModelInfo, out: Path, *,
+                    embeddings: bool = False) -> None:
     """Write a ``final/``-style folder (main process only). ``model``: the unwrapped GPT1TaskModel (its ``lm``
     a PeftModel under LoRA); ``state_dict``: the full state dict (from ``accelerator.get_state_dict``) or None.
-    ``info.base_model`` is the base as the run was given it (hub id or local path)."""
+    ``info.base_model`` is the base as the run was given it (hub id or local path); ``embeddings``: see
+    ``lora.save_embeddings``."""
     import os
 
     from safetensors.torch import save_file
 
     from gptune.modeling.gpt import is_local
+    from gptune.modeling.lora import save_adapter
 
     out.mkdir(parents=True, exist_ok=True)
     sd = state_dict if state_dict is not None else model.state_dict()
@@ -167,8 +170,7 @@ def save_task_model(model, state_dict: dict | None, tokenizer, info: TaskModelIn
         if is_local(base):  # what AutoPeftModelForCausalLM opens, relative to the working directory
             base = Path(os.path.relpath(Path(base).expanduser().resolve())).as_posix()
         model.lm.peft_config["default"].base_model_name_or_path = base
-        # only the adapter and the new token rows: the base rows come from the base model
-        model.lm.save_pretrained(str(out), save_embedding_layers=False)
+        save_adapter(model.lm, out, embeddings=embeddings)
     else:
         lm_sd = {k.removeprefix("lm."): v for k, v in sd.items() if k.startswith("lm.")}
         model.lm.save_pretrained(str(out), state_dict=lm_sd, safe_serialization=True)

@@ -334,7 +334,7 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
                              recipe.model.name_or_path, recipe.lora.enabled, ids)
 
         def write(tmp: Path) -> None:
-            save_task_model(inner, state_dict, tokenizer, info, tmp)
+            save_task_model(inner, state_dict, tokenizer, info, tmp, embeddings=recipe.lora.save_embeddings)
             if merge and recipe.lora.enabled:
                 merge_lora(inner, tokenizer, info, tmp / "merged")
 
