@@ -34,6 +34,8 @@ ResumeOpt = Annotated[str | None, typer.Option(help="Continue a run: 'auto' (lat
                                                      "folder) or a checkpoint / run folder path.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing run in the output folder.")]
 OutDirOpt = Annotated[str | None, typer.Option("--out-dir", help="Run folder (default runs/<recipe name>).")]
+PushOpt = Annotated[str | None, typer.Option("--push-to-hub", help="Upload final/ with its model card to this "
+                                                                 "hub repo (owner/name) when training ends; checked first.")]
 ProcsOpt = Annotated[int | None, typer.Option("--num-processes", help="Start N processes through "
                                                                        "accelerate launch (same as accelerate launch -m gptune ...).")]
 
@@ -78,6 +80,7 @@ def pretrain(
     out_dir: OutDirOpt = None,
     overwrite: OverwriteOpt = False,
     max_steps: Annotated[int | None, typer.Option(help="Shortcut for --set train.max_steps=N.")] = None,
+    push_to_hub: PushOpt = None,
     num_processes: ProcsOpt = None,
 ) -> None:
     """Causal-LM pretraining of a GPT on packed text (random init or a pretrained checkpoint)."""
@@ -85,9 +88,11 @@ def pretrain(
     from gptune.config import load_recipe
 
     r = load_recipe(recipe, {"out_dir": out_dir, "train.max_steps": max_steps}, set_)
+    _check_push(push_to_hub)
     from gptune.runners.pretrain import run_pretrain
 
-    run_pretrain(r, resume=resume, overwrite=overwrite, command=f"gptune pretrain {r.run_dir}/recipe.yaml")
+    summary = run_pretrain(r, resume=resume, overwrite=overwrite, command=f"gptune pretrain {r.run_dir}/recipe.yaml")
+    _push(summary.final_dir, push_to_hub)
 
 
 @app.command()
@@ -144,6 +149,7 @@ def finetune(
     overwrite: OverwriteOpt = False,
     merge: Annotated[bool, typer.Option("--merge", help="Also write final/merged: the LoRA folded into a full model.")] = False,
     seed: Annotated[int | None, typer.Option(help="Seed (head init, data order, dropout).")] = None,
+    push_to_hub: PushOpt = None,
     num_processes: ProcsOpt = None,
 ) -> None:
     """Fine-tune a GPT on a task with GPT-1's input transformations and auxiliary LM loss (full or LoRA)."""
@@ -160,7 +166,42 @@ def finetune(
     flags = {"task.name": task, "lora.enabled": lora, "model.name_or_path": model, "task.data_dir": data_dir,
              "out_dir": out_dir, "seed": seed, "lora.merge": True if merge else None}
     r = build_recipe(raw, flags, sets, source=str(recipe or DEFAULT_RECIPE))
-    run_finetune(r, resume=resume, overwrite=overwrite, command=_command_line())
+    _check_push(push_to_hub)
+    summary = run_finetune(r, resume=resume, overwrite=overwrite, command=_command_line())
+    _push(summary.final_dir, push_to_hub)
+
+
+def _check_push(repo_id: str | None) -> None:
+    if repo_id is not None:
+        from gptune.hub import check_push
+
+        check_push(repo_id)
+
+
+def _push(final: Path, repo_id: str | None) -> None:
+    from gptune.console import is_main_process, say
+
+    if repo_id is not None and is_main_process():
+        from gptune.hub import push_final
+
+        say(f"pushed {final} to {push_final(final, repo_id)}")
+
+
+@app.command()
+def push(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (or its final/).")],
+    repo_id: Annotated[str, typer.Argument(help="Hub repo id, owner/name (created when missing).")],
+    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
+) -> None:
+    """Upload a run's final/ with its model card (README.md) to the Hugging Face Hub."""
+    from gptune.hub import check_push, find_final
+
+    final = find_final(run)
+    check_push(repo_id, flag="push")
+    from gptune.console import say
+    from gptune.hub import push_final
+
+    say(f"pushed {final} to {push_final(final, repo_id, private=private)}")
 
 
 @app.command("eval")

@@ -123,6 +123,11 @@ class DataConfig:
             yield "max_tokens", f"must be > 0, got {self.max_tokens}"
 
 
+# Accelerate's trackers -> the module each needs (the pip package has the same name, comet_ml: comet-ml).
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim",
+            "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive"}
+
+
 @dataclass
 class TrainConfig:
     """Optimisation: one Accelerate loop for pretraining and fine-tuning."""
@@ -169,12 +174,23 @@ class TrainConfig:
     """Keep this many step checkpoints; older ones are deleted."""
     log_every: int = 10
     """Log loss, lr and tokens/s every N optimizer steps (reading the loss syncs the device)."""
-    tracker: Literal["none", "tensorboard"] = "none"
-    """Experiment tracker through Accelerate, logging into the run folder."""
+    tracker: list[str] = field(default_factory=list)
+    """Experiment trackers through Accelerate (logging dir: the run folder's logs/): any of tensorboard,
+    wandb, mlflow, aim, comet_ml, clearml, dvclive, several at once (a list or ``tensorboard,mlflow``);
+    empty or ``none``: metrics.jsonl only. They get every metrics.jsonl event (train loss, lr, gradient
+    norm; validation loss/perplexity; task metrics) at the same step."""
     skip_nonfinite: int = 0
     """Skip up to N batches whose loss is NaN/inf before stopping the run (0: stop at the first)."""
 
+    @property
+    def trackers(self) -> list[str]:
+        """``tracker`` without ``none``."""
+        return [t for t in self.tracker if t != "none"]
+
     def _checks(self):
+        unknown = [t for t in self.tracker if t not in TRACKERS and t != "none"]
+        if unknown:
+            yield "tracker", f"unknown tracker {', '.join(unknown)}; choose from none, {', '.join(TRACKERS)}"
         if self.max_steps is not None and self.max_steps <= 0:
             yield "max_steps", f"must be > 0, got {self.max_steps}"
         if self.epochs is not None and self.epochs <= 0:

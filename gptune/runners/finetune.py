@@ -300,6 +300,10 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
                             {"step": state.step, **final_metrics},
                             merge=recipe.lora.merge if merge is None else merge)
     metrics.close()
+    if accelerator.is_main_process:
+        from gptune.plot import write_curves
+
+        write_curves(run_dir)
     finish(accelerator)
     summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
     summary_table(f"finetune {task.name} ({mode}) finished", summary.rows())

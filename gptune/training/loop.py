@@ -94,8 +94,8 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     # GPT LM heads share their weight with the token embedding; Accelerate warns on every save.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     kwargs = {}
-    if cfg.tracker != "none" and run_dir is not None:
-        kwargs = dict(log_with=cfg.tracker, project_config=ProjectConfiguration(project_dir=str(run_dir),
+    if cfg.trackers and run_dir is not None:
+        kwargs = dict(log_with=cfg.trackers, project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                                 logging_dir=str(run_dir / "logs")))
     acc = Accelerator(
         cpu=cpu,
@@ -161,6 +161,7 @@ def train(
     tokens_window = 0
     t_window = time.perf_counter()
     last_saved: tuple[int, Path | None] = (-1, None)
+    grad_norm = None
     progress = make_progress()
     with StopFlag() as stop, progress:
         bar = progress.add_task(description, total=total, completed=state.step, info="")
@@ -181,7 +182,7 @@ def train(
                         continue
                     acc.backward(out.loss)
                     if acc.sync_gradients and cfg.grad_clip > 0:
-                        acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # before clipping
                     optimizer.step()
                     if acc.sync_gradients:
                         scheduler.step()
@@ -202,9 +203,9 @@ def train(
                     logged = {k: float(acc.reduce(v / n_running, "mean").item()) for k, v in running.items()}
                     logged.update(lr=scheduler.get_last_lr()[0], tokens=state.tokens, epoch=state.epoch,
                                   tokens_per_s=tok / max(dt, 1e-9))
-                    metrics.write("train", step=state.step, **logged)
-                    if cfg.tracker != "none":
-                        acc.log({f"train/{k}": v for k, v in logged.items()}, step=state.step)
+                    if grad_norm is not None:
+                        logged["grad_norm"] = float(grad_norm)  # of this optimizer step
+                    metrics.write("train", step=state.step, **logged)  # and to the trackers
                     progress.update(bar, info=f"loss {logged['loss']:.4f} lr {logged['lr']:.2e} "
                                               f"{logged['tokens_per_s']:,.0f} tok/s")
                     running, n_running, tokens_window, t_window = {}, 0, 0, time.perf_counter()
