@@ -25,9 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+DATA_LAYOUT = "books/gutenberg, glue/SST-2, glue/RTE, wikitext-2/wiki.test.raw, tokenizers/gpt2-hf"
+
+
 def data_root(arg: str | None = None) -> Path:
-    """``--data``, else ``$GPTUNE_DATA``, else /work/shared/data."""
-    return Path(arg or os.environ.get("GPTUNE_DATA", "/work/shared/data")).expanduser()
+    """``--data``, else ``$GPTUNE_DATA``; neither: stop with one line saying which to set."""
+    root = arg or os.environ.get("GPTUNE_DATA")
+    if not root:
+        raise SystemExit(f"no benchmark data: pass --data DIR or set GPTUNE_DATA=DIR (a folder holding {DATA_LAYOUT})")
+    return Path(root).expanduser()
 
 
 # ----------------------------------------------------------------------------- memory

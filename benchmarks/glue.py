@@ -53,7 +53,7 @@ def make_model(root: Path, folder: Path) -> Path:
 def gptune_worker(pacer, *, task: str, model: str, glue_dir: str, out_dir: str, max_steps: int,
                   lm_coef: float, lora: bool):
     import gptune.runners.finetune as rf
-    from gptune.config import build_recipe
+    from gptune.recipes import build_recipe
 
     step = rf.task_step
 

@@ -22,7 +22,10 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gptune.evaluation.perplexity import encode_text, sliding_window_nll  # noqa: E402
+from common import data_root  # noqa: E402
+
+from gptune.data.eval_text import encode_text  # noqa: E402
+from gptune.evaluation.perplexity import sliding_window_nll  # noqa: E402
 
 
 def guide_loop(model, encodings_input_ids: torch.Tensor, max_length: int, stride: int) -> dict:
@@ -88,12 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--data",
-        default=os.environ.get("GPTUNE_DATA", "/work/shared/data/wikitext-2/wiki.test.raw"),
-        help="text file to score (env GPTUNE_DATA)",
-    )
-    parser.add_argument("--tokenizer", default="/work/shared/data/tokenizers/gpt2-hf")
+    parser.add_argument("--data", default=None, help="text file to score (default $GPTUNE_DATA/wikitext-2/wiki.test.raw)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default $GPTUNE_DATA/tokenizers/gpt2-hf)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--stride", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward (gptune only)")
@@ -105,6 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.data is None or args.tokenizer is None:
+        if not os.environ.get("GPTUNE_DATA"):
+            raise SystemExit("no text to score: pass --data FILE and --tokenizer DIR, or set GPTUNE_DATA=DIR "
+                             "(a folder holding wikitext-2/wiki.test.raw and tokenizers/gpt2-hf)")
+        root = data_root(None)
+        args.data = args.data or str(root / "wikitext-2" / "wiki.test.raw")
+        args.tokenizer = args.tokenizer or str(root / "tokenizers" / "gpt2-hf")
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -68,7 +68,7 @@ def gptune_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_steps
     import torch
 
     import gptune.runners.pretrain as rp
-    from gptune.config import build_recipe
+    from gptune.recipes import build_recipe
 
     torch.manual_seed(0)
     step = rp.lm_step
@@ -203,7 +203,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--full", action="store_true")
     p.add_argument("--compile", action="store_true", help="gptune with train.compile=true")
-    p.add_argument("--data", default=None, help="data root (default $GPTUNE_DATA or /work/shared/data)")
+    p.add_argument("--data", default=None, help="data root (default $GPTUNE_DATA)")
     a = p.parse_args(argv)
     rows = run(quick=not a.full, data=a.data, compile=a.compile)
     print_table(rows, "pretraining")

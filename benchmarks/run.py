@@ -4,7 +4,7 @@
     python benchmarks/run.py --full           # the numbers quoted in benchmarks/NOTES.md
     python benchmarks/run.py --full --only pretrain,glue
 
-Data from ``--data`` or ``$GPTUNE_DATA`` (default /work/shared/data): books/gutenberg, glue/SST-2,
+Data from ``--data DIR`` or ``$GPTUNE_DATA`` (one of them is required): books/gutenberg, glue/SST-2,
 glue/RTE, wikitext-2, tokenizers/gpt2-hf. Each contender runs its real code (gptune's runners; the
 Hugging Face Trainer as run_clm.py / run_glue.py drive it; the HF perplexity-guide loop), alternating
 window by window; tables show medians, min-max and ratios; JSON goes to benchmarks/results/.
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     mode.add_argument("--quick", action="store_true", help="short windows (default)")
     mode.add_argument("--full", action="store_true", help="longer windows, more rounds, the 20 MB corpus")
     p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
-    p.add_argument("--data", default=None, help="data root (default $GPTUNE_DATA or /work/shared/data)")
+    p.add_argument("--data", default=None, help="data root (default $GPTUNE_DATA)")
     a = p.parse_args(argv)
     quick = not a.full
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

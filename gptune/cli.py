@@ -85,7 +85,7 @@ def pretrain(
 ) -> None:
     """Causal-LM pretraining of a GPT on packed text (random init or a pretrained checkpoint)."""
     _relaunch(num_processes)
-    from gptune.config import load_recipe
+    from gptune.recipes import load_recipe
 
     r = load_recipe(recipe, {"out_dir": out_dir, "train.max_steps": max_steps}, set_)
     _check_push(push_to_hub)
@@ -154,7 +154,7 @@ def finetune(
 ) -> None:
     """Fine-tune a GPT on a task with GPT-1's input transformations and auxiliary LM loss (full or LoRA)."""
     _relaunch(num_processes)
-    from gptune.config import build_recipe, read_recipe_file
+    from gptune.recipes import build_recipe, read_recipe_file
     from gptune.runners.finetune import DEFAULT_RECIPE, run_finetune
 
     raw = read_recipe_file(recipe or DEFAULT_RECIPE)
@@ -238,12 +238,20 @@ def eval_(
                      json_path=json_path, prepend_eos=prepend_eos, base_model=base_model)
         return
     if glue:
-        from gptune.runners.evaluate import run_glue_eval
+        from gptune.runners.finetune import run_glue_eval
 
         run_glue_eval(_model_or_default(model), data_dir=data_dir, lora=lora, sets=set_)
         return
     if model is None:
         raise GptuneError("eval --task: pass --model RUN/final (a folder written by gptune finetune)")
+    from gptune.modeling.task_io import is_task_model
+
+    if not is_task_model(model):  # a plain LM: fine-tune it on the task first (LoRA), then score that
+        if task is None:
+            raise GptuneError(f"--model {model}: not a task model; pass --task to fine-tune it on one first")
+        from gptune.runners.finetune import finetune_for_eval
+
+        model = str(finetune_for_eval(task, model, data_dir, lora=True).final_dir)
     from gptune.runners.evaluate import run_task_eval
 
     run_task_eval(model, task=task, data_dir=data_dir, split=split, base_model=base_model)
@@ -278,7 +286,7 @@ def recipes_validate(
     set_: SetOpt = None,
 ) -> None:
     """Check a recipe (keys, types, ranges) without training anything."""
-    from gptune.config import load_recipe
+    from gptune.recipes import load_recipe
 
     r = load_recipe(recipe, None, set_)
     typer.echo(f"{recipe}: ok (run folder {r.run_dir})")
@@ -290,7 +298,7 @@ def recipes_show(
     set_: SetOpt = None,
 ) -> None:
     """Print the fully resolved recipe (defaults < YAML < --set)."""
-    from gptune.config import load_recipe
+    from gptune.recipes import load_recipe
 
     typer.echo(load_recipe(recipe, None, set_).to_yaml(), nl=False)
 
@@ -298,7 +306,7 @@ def recipes_show(
 @recipes_app.command("docs")
 def recipes_docs() -> None:
     """Print the Markdown reference of every recipe key (the source of docs/recipes.md)."""
-    from gptune.config import recipe_reference
+    from gptune.recipe_docs import recipe_reference
 
     typer.echo(recipe_reference())
 

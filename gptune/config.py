@@ -1,29 +1,18 @@
-"""Recipes: YAML -> typed dataclasses, one per concern, every field documented.
-
-Precedence: dataclass defaults < recipe YAML < explicit CLI flags < ``--set key=value``.
-Every problem in a recipe (unknown key, wrong type, out-of-range value, missing file) is collected
-and reported at once as a :class:`GptuneError`, one line each, naming the dotted key the user typed.
+"""The recipe schema: typed dataclasses, one per concern, a docstring under every field (the single
+source of ``gptune recipes docs``) and range checks in ``_checks``. Reading YAML, flags and ``--set``
+into a ``Recipe`` is ``gptune.recipes``; the reference docs are ``gptune.recipe_docs``.
 
 No torch import here: ``gptune --help`` and ``gptune recipes validate`` stay fast.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
-import functools
-import inspect
-import textwrap
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-
-from gptune.errors import GptuneError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,10 +65,15 @@ class ModelConfig:
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     trust_remote_code: bool = False
     """Allow a hub model to run its own Python code. Off: loading never executes code from a folder."""
+    transfer_layers: int | None = None
+    """Fine-tuning: transfer the embeddings and the first k transformer blocks of the pretrained model and
+    re-initialise the blocks above k (GPT-1's Fig. 2 left; 0: embeddings only). Absent: every block."""
 
     def _checks(self):
         if self.vocab_size < 300:
             yield "vocab_size", f"must be >= 300 (256 bytes + merges + specials), got {self.vocab_size}"
+        if self.transfer_layers is not None and self.transfer_layers < 0:
+            yield "transfer_layers", f"must be >= 0, got {self.transfer_layers}"
         if self.name_or_path is None and self.tokenizer is None:
             yield "tokenizer", "must be set (a folder, a hub id, or 'train') when model.name_or_path is absent"
 
@@ -133,8 +127,10 @@ class TrainConfig:
     """Optimisation: one Accelerate loop for pretraining and fine-tuning."""
 
     max_steps: int | None = None
-    """Optimizer steps to run. Absent: ``train.epochs`` passes over the data. Raising it on
-    ``--resume`` extends a finished run."""
+    """Optimizer steps to run. Absent: ``train.epochs`` passes over the data. Changing it on
+    ``--resume`` extends (or shortens) the run with the lr continuous at the resume step: the warmup
+    keeps its number of steps and, past it, the decay is re-planned from the current lr to its floor at
+    the new total (a finished cosine run continues at ``lr * min_lr_ratio``)."""
     epochs: float | None = None
     """Passes over the training data when ``train.max_steps`` is absent."""
     micro_batch_size: int = 8
@@ -169,7 +165,8 @@ class TrainConfig:
     eval_batches: int | None = 50
     """Cap on validation batches per periodic evaluation (absent: the whole split)."""
     save_every: int = 500
-    """Write a resumable checkpoint every N optimizer steps (0: only at the end and on interrupt)."""
+    """Write a resumable checkpoint every N optimizer steps (0: only at the end and on interrupt);
+    every run ends with one, so it can be extended with ``--resume``."""
     keep_last: int = 2
     """Keep this many step checkpoints; older ones are deleted."""
     log_every: int = 10
@@ -296,6 +293,10 @@ class TaskConfig:
     run_glue-style concatenation, head on the last token (for ablations)."""
     eval_every_epoch: bool = True
     """Evaluate on the dev split(s) after every epoch."""
+    keep_best: bool = False
+    """``final/`` holds the weights of the best evaluation by the task's main metric (higher is better; with
+    several dev splits, the first one's), not the last step's. Each new best is written to ``best/``
+    during the run and becomes ``final/`` at the end."""
 
     def _checks(self):
         if self.lm_coef < 0:
@@ -337,272 +338,3 @@ class Recipe:
     def to_yaml(self, header: str = "") -> str:
         body = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
         return (header + "\n" if header else "") + body
-
-
-# --------------------------------------------------------------------------------------------------
-# Building a recipe: dict -> dataclasses, every problem reported at once
-# --------------------------------------------------------------------------------------------------
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-_NO = object()
-
-
-def _coerce(value, tp):
-    """Return ``value`` as type ``tp``, or ``_NO`` when it is not one (YAML ints pass as floats)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        return value if value in typing.get_args(tp) else _NO
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            out = _coerce(value, arg)
-            if out is not _NO:
-                return out
-        return _NO
-    if tp is type(None):
-        return None if value is None else _NO
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if isinstance(value, str) and inner is str:
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            return _NO
-        out = [_coerce(v, inner) for v in value]
-        return _NO if any(v is _NO for v in out) else out
-    if origin is dict or tp is dict:
-        return value if isinstance(value, dict) else _NO
-    if tp is bool:
-        return value if isinstance(value, bool) else _NO
-    if tp is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                return _NO
-        return _NO
-    if tp is str:
-        return value if isinstance(value, str) else (str(value) if isinstance(value, int | float) else _NO)
-    return value
-
-
-def _build(cls, raw: Any, prefix: str, problems: list[str]):
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.') or 'recipe'}: must be a mapping of keys, got {raw!r}")
-        return cls()
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(names)})"
-            problems.append(f"{prefix}{key}: unknown key{hint}")
-            continue
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{prefix}{key}.", problems)
-            continue
-        out = _coerce(value, tp)
-        if out is _NO:
-            problems.append(f"{prefix}{key}: expected {_type_name(tp)}, got {value!r}")
-            continue
-        kwargs[key] = out
-    obj = cls(**kwargs)
-    if hasattr(obj, "_checks"):
-        for key, message in obj._checks():
-            problems.append(f"{prefix}{key}: {message}")
-    return obj
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``a.b=1`` -> (``a.b``, 1). Values are read as YAML scalars (``1e-4``, ``true``, ``null``, ``[a,b]``)."""
-    if "=" not in item:
-        raise GptuneError(f"--set {item}: expected key=value, e.g. --set train.max_steps=200")
-    key, _, text = item.partition("=")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    # YAML 1.1 reads 6e-4 as a string; a float is meant.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            pass
-    return key.strip(), value
-
-
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
-
-
-def read_recipe_file(path: str | Path) -> dict:
-    """Read a recipe YAML file into a dict; errors name the file (and the line for syntax errors)."""
-    p = Path(path)
-    if not p.exists():
-        raise GptuneError(f"recipe {p}: no such file")
-    if p.is_dir():
-        cand = p / "recipe.yaml"
-        if cand.exists():
-            p = cand
-        else:
-            raise GptuneError(f"recipe {p}: is a folder without recipe.yaml")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise GptuneError(f"recipe {p}: cannot read ({e})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise GptuneError(f"recipe {p}:{where}: YAML syntax error: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise GptuneError(f"recipe {p}: must be a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
-    return raw
-
-
-def build_recipe(raw: dict | None = None, overrides: dict[str, Any] | None = None,
-                 sets: list[str] | None = None, *, source: str = "") -> Recipe:
-    """Defaults < ``raw`` (from YAML) < ``overrides`` (CLI flags, dotted keys) < ``sets`` (``--set k=v``)."""
-    raw = _deep_copy(raw or {})
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(raw, key, value)
-    problems: list[str] = []
-    for item in sets or []:
-        try:
-            key, value = parse_override(item)
-        except GptuneError as e:
-            problems.extend(e.problems)
-            continue
-        _set_dotted(raw, key, value)
-    recipe = _build(Recipe, raw, "", problems)
-    if problems:
-        head = f"{source}: " if source else ""
-        raise GptuneError(*[head + p for p in problems])
-    return recipe
-
-
-def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None,
-                sets: list[str] | None = None) -> Recipe:
-    raw = read_recipe_file(path) if path else {}
-    return build_recipe(raw, overrides, sets, source=str(path) if path else "")
-
-
-def _deep_copy(obj):
-    if isinstance(obj, dict):
-        return {k: _deep_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deep_copy(v) for v in obj]
-    return obj
-
-
-def recipe_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two recipe dicts."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, _NO), b.get(key, _NO)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += recipe_diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Field docs: the docstring under each field is the single source for --help, docs and comments
-# --------------------------------------------------------------------------------------------------
-@functools.cache
-def field_docs(cls) -> dict[str, str]:
-    """{field name: the string literal written under it in the class body}."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-def iter_fields(cls=Recipe, prefix: str = ""):
-    """Yield (dotted key, type name, default, doc) for every leaf field of the recipe."""
-    hints = _hints(cls)
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            yield from iter_fields(tp, f"{prefix}{f.name}.")
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        yield f"{prefix}{f.name}", _type_name(tp), default, docs.get(f.name, "")
-
-
-def section_doc(cls) -> str:
-    return " ".join((cls.__doc__ or "").split())
-
-
-def recipe_reference() -> str:
-    """Markdown reference of every recipe key, generated from the field docstrings (docs/recipes.md)."""
-    lines = ["# Recipe reference", "",
-             "Generated by `gptune recipes docs` from the docstrings in `gptune/config.py`; do not edit by hand.",
-             "", "Precedence: defaults < recipe YAML < command-line flags < `--set key=value`.", ""]
-    hints = _hints(Recipe)
-    top = [f for f in dataclasses.fields(Recipe) if not dataclasses.is_dataclass(hints[f.name])]
-    sections = [f for f in dataclasses.fields(Recipe) if dataclasses.is_dataclass(hints[f.name])]
-
-    def table(cls, prefix):
-        out = ["| key | type | default | what it does |", "|---|---|---|---|"]
-        for key, tp, default, doc in iter_fields(cls, prefix):
-            out.append(f"| `{key}` | {tp.replace('|', '/')} | `{default!r}` | {doc.replace('|', '/')} |")
-        return out
-
-    lines += ["## top level", ""]
-    rows = ["| key | type | default | what it does |", "|---|---|---|---|"]
-    docs = field_docs(Recipe)
-    for f in top:
-        rows.append(f"| `{f.name}` | {_type_name(hints[f.name]).replace('|', '/')} | `{f.default!r}` | {docs.get(f.name, '')} |")
-    lines += rows + [""]
-    for f in sections:
-        cls = hints[f.name]
-        lines += [f"## {f.name}", "", section_doc(cls), ""] + table(cls, f"{f.name}.") + [""]
-    return "\n".join(lines)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,6 @@ def say(message: str) -> None:
 def warn(message: str) -> None:
     if is_main_process():
         err_console.print(f"[yellow]warning:[/] {message}")
-
-
-def progress_enabled() -> bool:
-    return is_main_process() and os.environ.get("GPTUNE_NO_PROGRESS", "") == "" and sys.stderr.isatty() is not None
 
 
 def make_progress(transient: bool = False) -> Progress:
@@ -115,7 +110,3 @@ def summary_table(title: str, rows: dict[str, Any]) -> None:
             v = f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
         table.add_row(k, str(v))
     console.print(table)
-
-
-def fmt_float(x: float, digits: int = 4) -> str:
-    return f"{x:.{digits}g}"

@@ -17,3 +17,10 @@ class GptuneError(Exception):
     def __init__(self, *problems: str):
         self.problems = [p for p in problems if p]
         super().__init__("\n".join(self.problems))
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty): what a
+    one-line error quotes of a library's multi-line message."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -16,8 +16,7 @@ IGNORE_INDEX = -100
 
 def _chunk_rows(vocab: int) -> int:
     # About 32M logits (128 MB in fp32, one reused buffer) per chunk: every chunk re-reads the whole
-    # head matrix, so bigger chunks are faster; measured on 2 CPU cores, 2048 x 50257: 16M logits per
-    # chunk 3.15 s, 32M 2.78 s, 51M 2.73 s, all rows 2.77 s (benchmarks/NOTES.md).
+    # head matrix, so bigger chunks are faster, up to about this size (benchmarks/NOTES.md, attempt 3).
     return max(64, (1 << 25) // max(vocab, 1))
 
 

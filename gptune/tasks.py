@@ -17,9 +17,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptune.errors import GptuneError
+
+if TYPE_CHECKING:
+    from gptune.config import TaskConfig
 
 KINDS = ("classification", "entailment", "similarity", "multiple_choice")
 # Metrics `gptune/evaluation/glue_metric.py` implements (names = keys of the `evaluate` "glue" metric where
@@ -47,7 +50,7 @@ class TaskSpec:
     metrics: tuple[str, ...]
     """Metric names reported on eval splits (see `METRICS`)."""
     main_metric: str
-    """The metric that picks the best checkpoint and heads the summary; one of `metrics`."""
+    """The metric `task.keep_best` ranks evaluations by (higher is better) and that heads the summary; one of `metrics`."""
     splits: dict[str, str]
     """Split name -> file, relative to the task folder (GLUE) or an absolute path (custom)."""
     eval_splits: tuple[str, ...] = ("validation",)
@@ -341,3 +344,25 @@ def get_task(name: str) -> TaskSpec:
     close = difflib.get_close_matches(key, valid + list(_ALIASES), n=1, cutoff=0.6)
     hint = f" (did you mean '{_ALIASES.get(close[0], close[0])}'?)" if close else ""
     raise GptuneError(f"unknown task '{name}'{hint}: choose one of {', '.join(valid)}")
+
+
+def build_task_spec(cfg: TaskConfig) -> TaskSpec:
+    """The recipe's ``task`` section as a spec: a GLUE task by name, or a custom task from ``task.kind`` + files."""
+    if cfg.kind is None:
+        if not cfg.name:
+            raise GptuneError("task.name: no task given; pass --task NAME (a GLUE task) or a recipe with a task section")
+        try:
+            return get_task(cfg.name)
+        except GptuneError as e:
+            raise GptuneError(f"{e}; for your own data set task.kind, task.train_file and task.text_fields") from None
+    problems = []
+    if not cfg.train_file:
+        problems.append("task.train_file: must be set for a custom task (task.kind is set)")
+    if not cfg.text_fields:
+        problems.append("task.text_fields: must list the text columns of a custom task")
+    if problems:
+        raise GptuneError(*problems)
+    files = {"train": cfg.train_file}
+    if cfg.eval_file:
+        files["validation"] = cfg.eval_file
+    return custom_task(cfg.name or "custom", cfg.kind, cfg.text_fields, cfg.label_field, cfg.labels, files)

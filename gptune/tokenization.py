@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gptune.errors import GptuneError
+from gptune.errors import GptuneError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _from_pretrained(spec: str, *, trust_remote_code: bool) -> Any:
         except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a bad folder
             raise GptuneError(
                 f"model.tokenizer: {spec} is not a tokenizer folder (expected tokenizer.json or "
-                f"tokenizer_config.json from save_pretrained): {_first_line(e)}"
+                f"tokenizer_config.json from save_pretrained): {first_line(e)}"
             ) from e
         if len(tokenizer) < 2:
             raise GptuneError(f"model.tokenizer: {spec} loaded an empty vocabulary")
@@ -86,14 +86,9 @@ def _from_pretrained(spec: str, *, trust_remote_code: bool) -> Any:
         return AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise GptuneError(
-            f"model.tokenizer: could not load {spec!r} from the Hugging Face hub ({_first_line(e)}); "
+            f"model.tokenizer: could not load {spec!r} from the Hugging Face hub ({first_line(e)}); "
             "pass a local tokenizer folder (--set model.tokenizer=DIR) or train one with model.tokenizer=train"
         ) from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def ensure_special_tokens(tokenizer: Any) -> Any:

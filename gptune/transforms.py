@@ -24,7 +24,7 @@ from dataclasses import dataclass
 # Added-token strings for the three GPT-1 markers. The original code names them _start_,
 # _delimiter_ and _classify_; the <|...|> form matches GPT-2's <|endoftext|> and cannot be
 # produced by BPE-encoding ordinary text once registered as added tokens.
-SPECIAL_TOKENS = {"start": "<|start|>", "delim": "<|delim|>", "end": "<|extract|>"}
+SPECIAL_TOKENS = {"start": "<|start|>", "delim": "<|delim|>", "extract": "<|extract|>"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class SpecialIds:
     """Id of `<|start|>`, the first token of every task input."""
     delim: int
     """Id of `<|delim|>`, between the two segments of a pair."""
-    end: int
+    extract: int
     """Id of `<|extract|>`, the last token; the task head reads the hidden state here."""
 
 
@@ -84,7 +84,7 @@ def _check(kind: str, segments: list[list[int]], max_length: int) -> None:
         )
 
 
-def encode_example(kind: str, segments: list[list[int]], ids: SpecialIds, max_length: int) -> list[list[int]]:
+def encode_example(kind: str, segments: list[list[int]], special_ids: SpecialIds, max_length: int) -> list[list[int]]:
     """The model input sequence(s) for one example, each at most `max_length` tokens.
 
     segments: token ids of the texts in `TaskSpec.text_fields` order (multiple_choice:
@@ -93,7 +93,7 @@ def encode_example(kind: str, segments: list[list[int]], ids: SpecialIds, max_le
     the context is truncated per candidate, against that candidate's answer).
     """
     _check(kind, segments, max_length)
-    s, d, e = ids.start, ids.delim, ids.end
+    s, d, e = special_ids.start, special_ids.delim, special_ids.extract
     if kind == "classification":
         (a,) = truncate_longest_first(segments, max_length - 2)
         return [[s, *a, e]]

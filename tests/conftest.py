@@ -138,7 +138,7 @@ def glue_dir(tmp_path_factory):
 
 def finetune_recipe(model, data_dir, *, task="sst2", lora=True, sets=()):
     """A fast fine-tuning recipe on the fixture data (no dropout, tiny batches, no periodic checkpoint)."""
-    from gptune.config import build_recipe, read_recipe_file
+    from gptune.recipes import build_recipe, read_recipe_file
     from gptune.runners.finetune import DEFAULT_RECIPE
 
     base = ["train.micro_batch_size=8", "train.global_batch_size=16", "task.max_length=40", "train.log_every=1",
@@ -146,3 +146,29 @@ def finetune_recipe(model, data_dir, *, task="sst2", lora=True, sets=()):
     return build_recipe(read_recipe_file(DEFAULT_RECIPE),
                         {"task.name": task, "model.name_or_path": model, "task.data_dir": data_dir,
                          "lora.enabled": lora}, [*base, *sets])
+
+
+def guide_loop(model, input_ids, max_length: int, stride: int) -> tuple[float, int]:
+    """(summed NLL, tokens scored): the Hugging Face guide "Perplexity of fixed-length models" loop
+    (batch 1, the model's own loss), counting the labels the loss averaged over after the shift: an
+    independent reference for gptune's sliding-window scorer."""
+    import torch
+
+    encodings = input_ids[None]
+    seq_len = encodings.size(1)
+    nll_sum, n_tokens, prev_end_loc = 0.0, 0, 0
+    for begin_loc in range(0, seq_len, stride):
+        end_loc = min(begin_loc + max_length, seq_len)
+        trg_len = end_loc - prev_end_loc
+        window = encodings[:, begin_loc:end_loc]
+        target_ids = window.clone()
+        target_ids[:, :-trg_len] = -100
+        with torch.no_grad():
+            loss = model(window, labels=target_ids).loss
+        num_loss_tokens = int((target_ids[:, 1:] != -100).sum())
+        nll_sum += float(loss) * num_loss_tokens
+        n_tokens += num_loss_tokens
+        prev_end_loc = end_loc
+        if end_loc == seq_len:
+            break
+    return nll_sum, n_tokens

@@ -7,16 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptune.config import (
-    Recipe,
-    build_recipe,
-    field_docs,
-    iter_fields,
-    load_recipe,
-    parse_override,
-    recipe_diff,
-)
+from gptune.config import Recipe
 from gptune.errors import GptuneError
+from gptune.recipe_docs import field_docs, iter_fields
+from gptune.recipes import build_recipe, load_recipe, parse_override, recipe_diff
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
@@ -113,7 +107,7 @@ def test_every_field_is_documented():
 
 
 def test_docs_recipe_reference_is_up_to_date():
-    from gptune.config import recipe_reference
+    from gptune.recipe_docs import recipe_reference
 
     doc = Path(__file__).parents[1] / "docs" / "recipes.md"
     assert doc.read_text() == recipe_reference() + "\n", "run: gptune recipes docs > docs/recipes.md"

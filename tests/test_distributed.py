@@ -57,7 +57,7 @@ def test_two_processes_match_one_with_the_same_global_batch(project):
     assert len(lb) == 6 and sorted(p.name for p in two.glob("step-*")) == ["step-000006", "step-000012"]
 
 
-def test_a_two_process_run_resumes_exactly(project):
+def test_a_two_process_run_resumes_exactly(project, capsys):
     import shutil
 
     two_procs(project, "pretrain", "r.yaml", "--out-dir", "runs/straight")
@@ -67,6 +67,10 @@ def test_a_two_process_run_resumes_exactly(project):
     shutil.rmtree(cut / "final")
     shutil.rmtree(cut / "step-000012")
     (cut / "latest").write_text("step-000006\n")
+    # one process cannot take over two processes' data position and random states: refused in one line
+    assert run_cli("pretrain", "r.yaml", "--out-dir", "runs/cut", "--resume", "auto") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "written by 2 process(es) and this run has 1" in err[0]
     two_procs(project, "pretrain", "r.yaml", "--out-dir", "runs/cut", "--resume", "auto")
     wa, wb = load_file(straight / "final" / "model.safetensors"), load_file(cut / "final" / "model.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from conftest import finetune_recipe as _recipe
 from conftest import glue_sentence as _sentence
 from gptune.cli import main
-from gptune.config import build_recipe, read_recipe_file
 from gptune.data.collate import LengthGroupedSampler, TaskCollator
 from gptune.data.features import encode_rows
 from gptune.errors import GptuneError
+from gptune.recipes import build_recipe, read_recipe_file
 from gptune.tasks import custom_task, get_task
 
 
@@ -52,10 +53,10 @@ def _task_model(model_dir, task, tokenizer, lm_coef=0.5):
     return GPT1TaskModel(lm, task, lm_coef=lm_coef, clf_dropout=0.0).eval()
 
 
-def _batch(task, rows, tokenizer, ids, max_length=64, style="gpt1"):
-    cols = encode_rows(task, rows, tokenizer, style=style, ids=ids, max_length=max_length)
+def _batch(task, rows, tokenizer, special_ids, max_length=64, style="gpt1"):
+    cols = encode_rows(task, rows, tokenizer, style=style, special_ids=special_ids, max_length=max_length)
     items = [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
-    return TaskCollator(0, ids.end if style == "gpt1" else None, task.is_regression)(items)
+    return TaskCollator(0, special_ids.extract if style == "gpt1" else None, task.is_regression)(items)
 
 
 MC = custom_task("mc", "multiple_choice", ["ctx", "a0", "a1", "a2"], "label", ["0", "1", "2"], {"train": "x.tsv"})
@@ -63,9 +64,9 @@ MC = custom_task("mc", "multiple_choice", ["ctx", "a0", "a1", "a2"], "label", ["
 
 # ----------------------------------------------------------------------------- layouts reaching the model
 def test_token_layouts_for_every_kind_with_truncation(tok):
-    tokenizer, ids = tok
+    tokenizer, special_ids = tok
     enc = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    s, d, e = ids.start, ids.delim, ids.end
+    s, d, e = special_ids.start, special_ids.delim, special_ids.extract
     a, b = enc("the cat sat on the mat"), enc("a dog ran")
     cases = [
         (get_task("sst2"), {"sentence": "the cat sat on the mat"}, [[s, *a, e]]),
@@ -76,7 +77,7 @@ def test_token_layouts_for_every_kind_with_truncation(tok):
          [[s, *a, d, *b, e], [s, *a, d, *enc("the"), e], [s, *a, d, *b, e]]),
     ]
     for task, row, expected in cases:
-        batch = _batch(task, [{**row, "label": 0, "idx": 0}], tokenizer, ids)
+        batch = _batch(task, [{**row, "label": 0, "idx": 0}], tokenizer, special_ids)
         width = max(len(x) for x in expected)
         padded = [x + [0] * (width - len(x)) for x in expected]
         assert batch["input_ids"][0].tolist() == padded, task.name
@@ -84,26 +85,26 @@ def test_token_layouts_for_every_kind_with_truncation(tok):
         assert batch["attention_mask"][0].sum(-1).tolist() == [len(x) for x in expected]
     # truncation: the longer segment loses tokens from its end, the extract token stays last
     batch = _batch(get_task("rte"), [{"sentence1": "the cat sat on the mat", "sentence2": "a dog ran",
-                                      "label": 0, "idx": 0}], tokenizer, ids, max_length=3 + len(a) + len(b) - 2)
+                                      "label": 0, "idx": 0}], tokenizer, special_ids, max_length=3 + len(a) + len(b) - 2)
     assert len(a) > len(b) + 2
     assert batch["input_ids"][0, 0].tolist() == [s, *a[:-2], d, *b, e]
     # plain style: no markers, pooled at the last real token
     plain = _batch(get_task("rte"), [{"sentence1": "the cat", "sentence2": "a dog ran", "label": 0, "idx": 0},
                                      {"sentence1": "a", "sentence2": "b", "label": 1, "idx": 1}],
-                   tokenizer, ids, style="plain")
+                   tokenizer, special_ids, style="plain")
     eos = tokenizer.eos_token_id
     assert plain["input_ids"][0, 0].tolist() == [*enc("the cat"), *b, eos]
     assert plain["extract_pos"][:, 0].tolist() == [len(enc("the cat")) + len(b), len(enc("a")) + len(enc("b"))]
 
 
 def test_similarity_is_symmetric_by_construction(tok, tiny_model_dir):
-    tokenizer, ids = tok
+    tokenizer, special_ids = tok
     task = get_task("mrpc")
     model = _task_model(tiny_model_dir, task, tokenizer)
     ab = _batch(task, [{"sentence1": "the cat sat on the mat", "sentence2": "a dog ran", "label": 1, "idx": 0}],
-                tokenizer, ids)
+                tokenizer, special_ids)
     ba = _batch(task, [{"sentence1": "a dog ran", "sentence2": "the cat sat on the mat", "label": 1, "idx": 0}],
-                tokenizer, ids)
+                tokenizer, special_ids)
     with torch.no_grad():
         la, lb = model(**ab)["logits"], model(**ba)["logits"]
     assert la.shape == (1, 2)
@@ -111,10 +112,10 @@ def test_similarity_is_symmetric_by_construction(tok, tiny_model_dir):
 
 
 def test_multiple_choice_softmax_over_candidates_and_lm_coef_zero(tok, tiny_model_dir):
-    tokenizer, ids = tok
+    tokenizer, special_ids = tok
     rows = [{"ctx": "the cat sat", "a0": "on the mat", "a1": "a dog", "a2": "ran", "label": 2, "idx": 0},
             {"ctx": "a king", "a0": "saw a tree", "a1": "the", "a2": "big red house", "label": 0, "idx": 1}]
-    batch = _batch(MC, rows, tokenizer, ids)
+    batch = _batch(MC, rows, tokenizer, special_ids)
     model = _task_model(tiny_model_dir, MC, tokenizer, lm_coef=0.0)
     assert batch["labels"].tolist() == [2, 0]
     out = model(**batch)
@@ -131,26 +132,24 @@ def test_multiple_choice_softmax_over_candidates_and_lm_coef_zero(tok, tiny_mode
 
 # ----------------------------------------------------------------------------- LoRA
 def test_lora_trainable_set_is_exact_and_gradients_reach_head_and_new_rows(tok, tiny_model_dir):
-    from gptune.config import build_recipe
-    from gptune.modeling.lora import trainable_names
     from gptune.modeling.task_io import build_task_model
 
-    tokenizer, ids = tok
+    tokenizer, special_ids = tok
     task = get_task("rte")
     recipe = build_recipe({"model": {"name_or_path": tiny_model_dir, "config": {"dropout": 0.0}},
                            "task": {"name": "rte", "clf_dropout": 0.0}, "lora": {"enabled": True},
                            "train": {"max_steps": 1}})
-    model = build_task_model(recipe, task, tokenizer, ids)
+    model = build_task_model(recipe, task, tokenizer, special_ids)
     pre = "lm.base_model.model."  # the adapter sits on the bare LM; the head beside it, outside PEFT
     expected = {"clf_head.weight", "clf_head.bias", f"{pre}transformer.wte.token_adapter.trainable_tokens_delta.default"}
     for layer in range(2):
         for mod in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
             for ab in ("A", "B"):
                 expected.add(f"{pre}transformer.h.{layer}.{mod}.lora_{ab}.default.weight")
-    assert trainable_names(model) == expected
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
     assert model.lm.peft_config["default"].task_type == "CAUSAL_LM"
     model.train()
-    batch = _batch(task, [{"sentence1": "the cat", "sentence2": "a dog", "label": 0, "idx": 0}], tokenizer, ids)
+    batch = _batch(task, [{"sentence1": "the cat", "sentence2": "a dog", "label": 0, "idx": 0}], tokenizer, special_ids)
     model(**batch)["loss"].backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert set(grads) <= expected
@@ -227,6 +226,27 @@ def test_full_finetune_learns_and_round_trips(workdir, tiny_model_dir, glue_dir)
     assert {"config.json", "model.safetensors", "clf_head.safetensors"} <= {p.name for p in summary.final_dir.iterdir()}
     assert run_task_eval(str(summary.final_dir), task="sst2", data_dir=glue_dir)["validation"] == {
         "accuracy": summary.metrics["accuracy"]}
+
+
+def test_keep_best_puts_the_best_evaluations_weights_in_final(workdir, tiny_model_dir, glue_dir, monkeypatch):
+    """Scripted scores (0.5 at step 2, 0.9 at step 4, 0.6 at the end): final/ must hold step 4's weights."""
+    import gptune.evaluation.glue as ev
+    from gptune.runners.finetune import run_finetune
+
+    scores = iter([0.5, 0.9, 0.6])
+    monkeypatch.setattr(ev, "evaluate_splits", lambda *a: {"validation": {"accuracy": next(scores)}})
+    summary = run_finetune(_recipe(tiny_model_dir, glue_dir, lora=False, sets=[
+        "train.max_steps=6", "train.eval_every=2", "train.save_every=2", "train.keep_last=5",
+        "task.eval_every_epoch=false", "task.keep_best=true"]))
+    run = summary.run_dir
+    assert json.loads((run / "final" / "metrics.json").read_text()) == {"step": 4, "accuracy": 0.9}
+    assert summary.metrics == {"accuracy": 0.9, "best_step": 4} and not (run / "best").exists()
+    final = load_file(run / "final" / "model.safetensors")
+    for step, same in ((4, True), (6, False)):
+        ckpt = load_file(run / f"step-{step:06d}" / "model.safetensors")
+        assert all(torch.equal(final[k], ckpt["lm." + k]) for k in final) is same, step
+    head = load_file(run / "final" / "clf_head.safetensors")
+    assert torch.equal(head["weight"], load_file(run / "step-000004" / "model.safetensors")["clf_head.weight"])
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(workdir, tiny_model_dir, glue_dir, monkeypatch):
@@ -334,7 +354,8 @@ def test_bad_input_is_one_line_exit_2(case, workdir, tiny_model_dir, capsys):
 
 
 def test_custom_task_from_recipe(workdir, tiny_model_dir):
-    from gptune.runners.finetune import build_task_spec, run_finetune
+    from gptune.runners.finetune import run_finetune
+    from gptune.tasks import build_task_spec
 
     rows = [{"q": f"{_sentence(random.Random(i), 'dog')}", "y": "yes" if i % 2 else "no"} for i in range(20)]
     (workdir / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -368,9 +389,50 @@ def test_default_model_is_newest_pretrain_run_else_hub_and_offline_says_pass_mod
     import shutil
 
     shutil.rmtree(workdir / "runs")
-    monkeypatch.setattr(ft, "hub_reachable", lambda timeout=3.0: False)
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets when huggingface_hub loads
     code, out = _cli(capsys, "finetune", "--task", "rte", "--data-dir", str(workdir))
     assert code == 2 and "pass --model DIR" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_hub_check_asks_through_the_hub_client_and_its_proxy(monkeypatch):
+    """Behind a proxy the hub is reachable although its host does not resolve here; HF_HUB_OFFLINE asks nothing."""
+    import http.server
+    import threading
+
+    import huggingface_hub.constants as hc
+    from huggingface_hub.utils import close_session
+
+    from gptune.runners.finetune import hub_reachable
+
+    seen = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            seen.append(self.path)  # a forward proxy is sent the absolute URL
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(hc, "ENDPOINT", "http://hub.invalid")  # .invalid never resolves (RFC 2606)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    close_session()  # the hub client reads the proxy variables when it is created
+    try:
+        assert hub_reachable(timeout=10)
+        assert seen == ["http://hub.invalid/"]
+        monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+        assert not hub_reachable() and len(seen) == 1
+    finally:
+        close_session()
+        server.shutdown()
 
 
 def test_mnli_scores_matched_and_mismatched(workdir, tiny_model_dir, tmp_path):

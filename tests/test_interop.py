@@ -347,7 +347,8 @@ def test_trackers_several_at_once_and_a_missing_package_named(tmp_path, monkeypa
     import importlib.util
 
     from conftest import make_workdir
-    from gptune.config import TRACKERS, build_recipe
+    from gptune.config import TRACKERS
+    from gptune.recipes import build_recipe
 
     r = build_recipe({"train": {"max_steps": 1, "tracker": "tensorboard,wandb"}, "model": {"tokenizer": "train"}})
     assert r.train.trackers == ["tensorboard", "wandb"]

@@ -15,13 +15,12 @@ from transformers import (
     OpenAIGPTLMHeadModel,
 )
 
+from conftest import guide_loop
+from gptune.data.eval_text import encode_text, join_documents, load_eval_text
 from gptune.errors import GptuneError
 from gptune.evaluation import perplexity as ppl
 from gptune.evaluation.perplexity import (
     NllResult,
-    encode_text,
-    join_documents,
-    load_eval_text,
     perplexity_report,
     plan_windows,
     resolve_windowing,
@@ -62,28 +61,6 @@ def tiny_gpt2(vocab_size: int) -> GPT2LMHeadModel:
 @pytest.fixture(scope="module")
 def gpt2(tokenizer):
     return tiny_gpt2(len(tokenizer))
-
-
-def guide_loop(model, input_ids: torch.Tensor, max_length: int, stride: int) -> tuple[float, int]:
-    """The HF guide's loop (batch 1), counting the labels the loss averaged over after the shift."""
-    encodings = input_ids[None]
-    seq_len = encodings.size(1)
-    nll_sum, n_tokens, prev_end_loc = 0.0, 0, 0
-    for begin_loc in range(0, seq_len, stride):
-        end_loc = min(begin_loc + max_length, seq_len)
-        trg_len = end_loc - prev_end_loc
-        window = encodings[:, begin_loc:end_loc]
-        target_ids = window.clone()
-        target_ids[:, :-trg_len] = -100
-        with torch.no_grad():
-            loss = model(window, labels=target_ids).loss
-        num_loss_tokens = int((target_ids[:, 1:] != -100).sum())
-        nll_sum += float(loss) * num_loss_tokens
-        n_tokens += num_loss_tokens
-        prev_end_loc = end_loc
-        if end_loc == seq_len:
-            break
-    return nll_sum, n_tokens
 
 
 def rel(a: float, b: float) -> float:
@@ -362,7 +339,7 @@ if accelerator.is_main_process:
 
 
 @pytest.mark.slow
-def test_two_accelerate_processes_equal_one(tmp_path, request):
+def test_two_accelerate_processes_equal_one(tmp_path):
     """Two real CPU processes (gloo, launched by torchrun; `accelerate launch --cpu` would start only
     one): the same sums as one process."""
     import json
@@ -371,8 +348,6 @@ def test_two_accelerate_processes_equal_one(tmp_path, request):
     import sys
     from pathlib import Path
 
-    if "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("end-to-end: run with -m slow")
     script = tmp_path / "two.py"
     script.write_text(_TWO_PROCESS_SCRIPT)
     out = tmp_path / "out.json"

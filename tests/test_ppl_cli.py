@@ -6,8 +6,10 @@ import json
 import math
 
 import pytest
+import torch
+import yaml
 
-from conftest import make_text, make_workdir, run_cli
+from conftest import guide_loop, make_text, make_workdir, run_cli
 
 
 @pytest.fixture()
@@ -32,8 +34,17 @@ def test_bare_eval_ppl_uses_the_newest_run_and_its_validation_split(pretrained, 
     report = json.loads((pretrained / "out.json").read_text())
     assert {"perplexity", "nll", "bits_per_byte", "word_perplexity", "tokens", "max_length", "stride"} <= set(report)
     assert report["max_length"] == 64 and report["stride"] == 32  # the model's context, half of it
-    assert report["perplexity"] == pytest.approx(math.exp(report["nll"]))
-    assert report["perplexity"] < 400  # trained: far below a uniform guess over the vocabulary
+    # the number is the model's own loss over the guide's windows on that validation text
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gptune.runners.perplexity import run_validation_text
+
+    final = pretrained / "runs" / "tiny" / "final"
+    model, tok = AutoModelForCausalLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final)
+    text, _ = run_validation_text(yaml.safe_load((final / "recipe.yaml").read_text()), tok)
+    nll_sum, tokens = guide_loop(model, torch.tensor(tok(text)["input_ids"]), 64, 32)
+    assert report["tokens"] == tokens
+    assert report["perplexity"] == pytest.approx(math.exp(nll_sum / tokens), rel=1e-5)
 
 
 def test_explicit_data_and_windowing(pretrained, capsys):
@@ -43,6 +54,14 @@ def test_explicit_data_and_windowing(pretrained, capsys):
                    "--stride", "8", "--json", "overlap.json") == 0
     disjoint = json.loads((pretrained / "disjoint.json").read_text())
     overlap = json.loads((pretrained / "overlap.json").read_text())
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = pretrained / "runs" / "tiny" / "final"
+    model, tok = AutoModelForCausalLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final)
+    ids = torch.tensor(tok((pretrained / "held.txt").read_text())["input_ids"])
+    for report, stride in ((disjoint, 32), (overlap, 8)):  # the model's own loss over the guide's windows
+        nll_sum, tokens = guide_loop(model, ids, 32, stride)
+        assert report["tokens"] == tokens and report["nll"] == pytest.approx(nll_sum / tokens, rel=1e-5)
     # overlapping windows score every token after the first; disjoint chunks cannot score a chunk's first token
     assert overlap["tokens"] == disjoint["tokens"] + disjoint["windows"] - 1
     assert overlap["nll"] < disjoint["nll"]  # more context per token

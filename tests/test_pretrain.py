@@ -87,10 +87,53 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(books):
     assert la == pytest.approx(lb, abs=1e-6)  # stale events past step 16 were dropped, then re-logged
 
 
-def test_extending_a_finished_run_with_more_steps(books):
+def test_a_run_with_save_every_0_ends_with_a_checkpoint_and_can_be_extended(books):
+    assert run_cli("pretrain", "r.yaml", "--set", "train.max_steps=8", "--set", "train.save_every=0") == 0
+    run = books / "runs" / "tiny"
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-000008"]
+    assert run_cli("pretrain", "r.yaml", "--set", "train.max_steps=12", "--set", "train.save_every=0",
+                   "--resume", "auto") == 0
+    assert [e["step"] for e in events(run, "train")] == [4, 8, 12]
+    assert (run / "latest").read_text().strip() == "step-000012"
+    # the finished cosine run sits at its floor; extended, it stays there (the lr is continuous)
+    assert [e["lr"] for e in events(run, "train")][1:] == pytest.approx([3e-4, 3e-4], rel=1e-6)
+
+
+def test_raising_max_steps_on_resume_keeps_the_lr_continuous(books):
+    """The rule (train.max_steps doc): warmup keeps its steps; the decay is re-planned from the lr at the
+    resume step to the floor at the new total. Expected values computed here from that rule."""
+    import math
+
+    peak, floor = 3e-3, 0.1
+    assert run_cli("pretrain", "r.yaml", "--set", "train.max_steps=16", "--set", "train.log_every=1") == 0
+    first = {e["step"]: e["lr"] for e in events(books / "runs" / "tiny", "train")}
+
+    def cosine(s, start, end, top):  # factor going from `top` at `start` to `floor` at `end`
+        return floor + (top - floor) * 0.5 * (1 + math.cos(math.pi * (s - start) / (end - start)))
+
+    f8 = cosine(8, 2, 16, 1.0)  # warmup 2 steps, then cosine to step 16
+    assert first[8] == pytest.approx(peak * f8, rel=1e-6)
+    assert run_cli("pretrain", "r.yaml", "--set", "train.max_steps=24", "--set", "train.log_every=1",
+                   "--resume", "runs/tiny/step-000008") == 0
+    lr = {e["step"]: e["lr"] for e in events(books / "runs" / "tiny", "train")}
+    assert sorted(lr) == list(range(1, 25)) and lr[8] == first[8]
+    assert [lr[s] for s in range(9, 25)] == pytest.approx([peak * cosine(s, 8, 24, f8) for s in range(9, 25)],
+                                                          rel=1e-6)
+    # re-stretching the first plan over 24 steps (the old behaviour) would have jumped up at step 9
+    assert lr[9] < lr[8] < peak * cosine(9, 2, 24, 1.0)
+
+
+def test_resume_with_another_process_count_is_refused_in_one_line(books, capsys):
     assert run_cli("pretrain", "r.yaml", "--set", "train.max_steps=8") == 0
-    assert run_cli("pretrain", "r.yaml", "--set", "train.max_steps=12", "--resume", "auto") == 0
-    assert events(books / "runs" / "tiny", "train")[-1]["step"] == 12
+    state = books / "runs" / "tiny" / "step-000008" / "trainer_state.json"
+    saved = json.loads(state.read_text())
+    assert saved["processes"] == 1
+    state.write_text(json.dumps({**saved, "processes": 2}))  # as a 2-process run writes it
+    capsys.readouterr()
+    assert run_cli("pretrain", "r.yaml", "--set", "train.max_steps=12", "--resume", "auto") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "written by 2 process(es) and this run has 1" in err[0]
+    assert "--num-processes 2" in err[0]
 
 
 def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(books, capsys):

@@ -14,7 +14,7 @@ from gptune.tasks import GLUE_TASKS, TaskSpec, custom_task, get_task
 from gptune.transforms import SPECIAL_TOKENS, SpecialIds, encode_example, encode_plain, truncate_longest_first
 
 S, D, E = 900, 901, 902
-IDS = SpecialIds(start=S, delim=D, end=E)
+IDS = SpecialIds(start=S, delim=D, extract=E)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -122,8 +122,23 @@ def test_tasks_module_imports_without_torch():
 # ----------------------------------------------------------------------------- transforms
 
 
-def test_special_tokens_are_distinct_added_token_strings():
-    assert SPECIAL_TOKENS == {"start": "<|start|>", "delim": "<|delim|>", "end": "<|extract|>"}
+def test_special_tokens_are_distinct_added_token_strings(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from conftest import make_text
+    from gptune.modeling.heads import add_task_tokens
+
+    assert SPECIAL_TOKENS == {"start": "<|start|>", "delim": "<|delim|>", "extract": "<|extract|>"}
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    before = len(tok)
+    special = add_task_tokens(tok)
+    marks = [special.start, special.delim, special.extract]
+    assert len(set(marks)) == 3 and min(marks) >= before and len(tok) == before + 3  # three new, distinct ids
+    # each marker is one token wherever it stands; text with "$" or "<s>" never produces one
+    text = "a $ b <s> c" + "".join(SPECIAL_TOKENS.values()) + "d"
+    assert [t for t in tok(text, add_special_tokens=False)["input_ids"] if t >= before] == marks
+    assert not set(tok(make_text(50) + " $ <s> <e>")["input_ids"]) & set(marks)
+    assert add_task_tokens(tok) == special and len(tok) == before + 3  # idempotent
 
 
 def test_classification_layout():

@@ -40,7 +40,7 @@ def _source_key(split: SplitData) -> str:
     return hashlib.sha256(json.dumps(split.rows, sort_keys=True).encode()).hexdigest()
 
 
-def encode_rows(task: TaskSpec, rows: list[dict], tokenizer, *, style: str, ids: SpecialIds | None,
+def encode_rows(task: TaskSpec, rows: list[dict], tokenizer, *, style: str, special_ids: SpecialIds | None,
                 max_length: int) -> dict[str, list]:
     """Columns of the tokenized split (pure function of its inputs; used by ``encode_split``)."""
     # one batched tokenizer call per text field: much faster than per row
@@ -49,7 +49,7 @@ def encode_rows(task: TaskSpec, rows: list[dict], tokenizer, *, style: str, ids:
     for i, r in enumerate(rows):
         segments = [f[i] for f in per_field]
         if style == "gpt1":
-            seqs = encode_example(task.kind, segments, ids, max_length)
+            seqs = encode_example(task.kind, segments, special_ids, max_length)
         elif task.kind == "multiple_choice":
             seqs = [encode_plain([segments[0], a], tokenizer.eos_token_id, max_length) for a in segments[1:]]
         elif task.kind == "similarity":
@@ -68,7 +68,7 @@ def encode_rows(task: TaskSpec, rows: list[dict], tokenizer, *, style: str, ids:
     return out
 
 
-def encode_split(task: TaskSpec, split: SplitData, tokenizer, *, style: str, ids: SpecialIds | None,
+def encode_split(task: TaskSpec, split: SplitData, tokenizer, *, style: str, special_ids: SpecialIds | None,
                  max_length: int, cache_dir: str | None = None, first=None):
     """The tokenized split, from the cache when the same file, tokenizer, task and settings were
     seen before. ``first``: ``accelerator.main_process_first`` (the main process writes the cache,
@@ -89,7 +89,8 @@ def encode_split(task: TaskSpec, split: SplitData, tokenizer, *, style: str, ids
             except (OSError, ValueError, FileNotFoundError):
                 pass  # a damaged cache entry is rebuilt
         try:
-            columns = encode_rows(task, split.rows, tokenizer, style=style, ids=ids, max_length=max_length)
+            columns = encode_rows(task, split.rows, tokenizer, style=style, special_ids=special_ids,
+                                  max_length=max_length)
         except ValueError as e:  # max_length too small for the markers
             raise GptuneError(f"task.max_length: {e}") from None
         ds = datasets.Dataset.from_dict(columns)

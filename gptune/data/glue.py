@@ -115,6 +115,18 @@ def _task_folder(task: TaskSpec, data_dir: Path) -> Path:
     raise GptuneError(f"no folder {exact} for GLUE task {task.name}; {_WHERE_HINT}")
 
 
+def has_local_files(task: TaskSpec, data_dir: str | Path | None, splits: tuple[str, ...]) -> bool:
+    """Whether a local glue_data folder (``find_glue_dir``) holds the files of ``splits`` of ``task``."""
+    folder = find_glue_dir(data_dir)
+    if folder is None:
+        return False
+    try:
+        tf = _task_folder(task, folder)
+    except GptuneError:
+        return False
+    return all((tf / task.splits[s]).is_file() for s in splits)
+
+
 # ----------------------------------------------------------------------------- public readers
 
 

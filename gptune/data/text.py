@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptune.errors import GptuneError
+from gptune.errors import GptuneError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def read_table_texts(path: Path, text_column: str) -> list[str]:
     except GptuneError:
         raise
     except Exception as e:  # pyarrow/json parse errors: say which file
-        raise GptuneError(f"{path}: cannot read as {suffix[1:]}: {str(e).strip().splitlines()[0]}") from e
+        raise GptuneError(f"{path}: cannot read as {suffix[1:]}: {first_line(e)}") from e
     if text_column not in table.column_names:
         raise GptuneError(
             f"{path}: no column {text_column!r} (columns: {', '.join(table.column_names) or 'none'}); "
@@ -209,7 +209,7 @@ def _hub_documents(spec: str, text_column: str, fallback_encoding: str | None = 
     except Exception as e:
         raise GptuneError(
             f"data.path: {spec} is not a local file or folder, and loading it from the Hugging Face hub "
-            f"failed ({_first_line(e)}); pass a local folder with --set data.path=DIR"
+            f"failed ({first_line(e)}); pass a local folder with --set data.path=DIR"
         ) from e
     if text_column not in first_row:
         raise GptuneError(
@@ -219,11 +219,6 @@ def _hub_documents(spec: str, text_column: str, fallback_encoding: str | None = 
     for r in itertools.chain([first_row], rows):
         if r[text_column]:
             yield str(r[text_column])
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def split_exact(text: str, piece_chars: int | None = None) -> list[str]:

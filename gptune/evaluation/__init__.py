@@ -1,11 +1,9 @@
-"""Evaluation: sliding-window perplexity (GLUE prediction and metrics live beside it)."""
+"""Evaluation: sliding-window perplexity (GLUE prediction and metrics live beside it; the text to
+score is read by ``gptune.data.eval_text``)."""
 
 from gptune.evaluation.perplexity import (
     NllResult,
     Window,
-    encode_text,
-    join_documents,
-    load_eval_text,
     perplexity_report,
     plan_windows,
     resolve_windowing,
@@ -15,9 +13,6 @@ from gptune.evaluation.perplexity import (
 __all__ = [
     "NllResult",
     "Window",
-    "encode_text",
-    "join_documents",
-    "load_eval_text",
     "perplexity_report",
     "plan_windows",
     "resolve_windowing",

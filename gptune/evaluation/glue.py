@@ -34,13 +34,10 @@ def predict(accelerator, model, loader, task: TaskSpec) -> tuple[list, list, lis
     return [preds[i] for i in order], [refs[i] for i in order], [rows[i] for i in order]
 
 
-def score(task: TaskSpec, preds: list, refs: list) -> dict[str, float]:
-    return compute_metrics(task, preds, refs)
-
-
 def evaluate_splits(accelerator, model, loaders: dict, task: TaskSpec) -> dict:
     """{split: metrics} for every labeled eval split (MNLI: matched and mismatched)."""
-    return {split: score(task, *predict(accelerator, model, loader, task)[:2]) for split, loader in loaders.items()}
+    return {split: compute_metrics(task, *predict(accelerator, model, loader, task)[:2])
+            for split, loader in loaders.items()}
 
 
 def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -21,12 +21,11 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptune.errors import GptuneError
 
-if TYPE_CHECKING:  # torch stays out of import time (see DESIGN.md: `gptune --help` stays fast)
+if TYPE_CHECKING:  # torch stays out of import time, so `gptune --help` stays fast
     import torch
 
 # Architectures whose LM head is exactly `get_output_embeddings()(base_model(...).last_hidden_state)`:
@@ -38,7 +37,7 @@ _HEAD_SPLIT_ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 # (tokens x vocab) logits are never materialised whole. Linear heads: an (N, k) block of logits at a time,
-# k = _LOGIT_BLOCK_ELEMENTS // N (4 MB: cache-sized; 2 MB-8 MB measured alike on 2 EPYC cores), at most
+# k = _LOGIT_BLOCK_ELEMENTS // N (4 MB: cache-sized; benchmarks/NOTES-ppl.md), at most
 # _HEAD_MAX_ROWS rows per pass over W. Other heads: _ROWWISE_CHUNK full-vocabulary rows at a time.
 _LOGIT_BLOCK_ELEMENTS = 1 << 20
 _HEAD_MAX_ROWS = 2048
@@ -100,20 +99,13 @@ class NllResult:
 # --------------------------------------------------------------------------------------------- windowing
 
 
-def model_context(model_config: Any) -> int | None:
-    """Longest input the model accepts (GPT-2 and GPT-1 call it ``n_positions``)."""
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(model_config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def resolve_windowing(
     model_config: Any, max_length: int | None = None, stride: int | None = None
 ) -> tuple[int, int]:
     """Defaults (max_length = model context, stride = max_length // 2) and checks, all problems at once."""
-    context = model_context(model_config)
+    from gptune.modeling.gpt import context_length
+
+    context = context_length(model_config)
     if max_length is None:
         if context is None:
             raise GptuneError("max_length is required: the model config has no n_positions")
@@ -363,71 +355,6 @@ def _unwrap_peft(model: Any) -> Any:
     if config is not None and getattr(config, "is_prompt_learning", False):
         return None
     return model.get_base_model()
-
-
-# --------------------------------------------------------------------------------------------- text
-
-
-def join_documents(texts: Sequence[str]) -> str:
-    """Join documents as the guide does with WikiText (``"\\n\\n".join(test["text"])``)."""
-    return "\n\n".join(texts)
-
-
-def load_eval_text(spec: str) -> str:
-    """Text to score: a file, a folder of ``.txt`` files (sorted by name, joined as documents), or a hub
-    dataset ``name:config:split`` (e.g. ``wikitext:wikitext-2-raw-v1:test``) with a ``text`` column."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-    elif path.is_dir():
-        files = sorted(path.glob("*.txt"))
-        if not files:
-            raise GptuneError(f"--data folder {spec} has no .txt files")
-        text = join_documents([f.read_text(encoding="utf-8") for f in files])
-    elif _looks_like_path(spec):
-        raise GptuneError(f"--data {spec}: no such file or folder")
-    else:
-        text = _load_hub_text(spec)
-    if not text.strip():
-        raise GptuneError(f"--data {spec}: the text is empty")
-    return text
-
-
-def _looks_like_path(spec: str) -> bool:
-    """A missing local path gets "no such file", not a hub error (hub ids look like ``owner/name:config``)."""
-    return spec.startswith((".", "~", "/")) or bool(re.search(r"\.(txt|raw|tokens|md)$", spec))
-
-
-def _load_hub_text(spec: str) -> str:
-    parts = spec.split(":")
-    if len(parts) > 3 or not parts[0]:
-        raise GptuneError(f"--data {spec}: expected a file, a folder, or a hub dataset name:config:split")
-    name, config, split = (parts + [None, None])[:3]
-    try:
-        import datasets
-
-        dataset = datasets.load_dataset(name, config or None, split=split or "test")
-    except Exception as exc:  # any hub failure (offline, unknown name) reads the same to the user
-        raise GptuneError(
-            f"could not load hub dataset {spec!r} ({type(exc).__name__}); pass a local file instead, "
-            "e.g. --data /work/shared/data/wikitext-2/wiki.test.raw"
-        ) from exc
-    if "text" not in dataset.column_names:
-        raise GptuneError(
-            f"hub dataset {spec!r} has no 'text' column (columns: {', '.join(dataset.column_names)})"
-        )
-    return join_documents(dataset["text"])
-
-
-def encode_text(tokenizer: Any, text: str) -> torch.LongTensor:
-    """The whole text as one 1-D id tensor, tokenized as the guide does (``tokenizer(text)``, no truncation:
-    the windows do the cutting)."""
-    import torch
-
-    if not text:
-        raise GptuneError("the evaluation text is empty")
-    # verbose=False: the "longer than the model maximum" warning does not apply to windowed scoring
-    return torch.tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)
 
 
 # --------------------------------------------------------------------------------------------- report

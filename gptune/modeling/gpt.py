@@ -9,9 +9,7 @@ import torch
 from torch import nn
 
 from gptune.config import ModelConfig
-from gptune.errors import GptuneError
-
-ARCHS = {"gpt2", "openai-gpt"}
+from gptune.errors import GptuneError, first_line
 
 
 def is_local(spec: str) -> bool:
@@ -87,15 +85,10 @@ def load_pretrained_lm(spec: str, *, trust_remote_code: bool = False, field: str
     except OSError as e:
         if not local:
             raise GptuneError(f"{field}: cannot load '{spec}' from the Hugging Face hub "
-                              f"({_first_line(e)}); {_offline_hint(field)}") from None
-        raise GptuneError(f"{field}: cannot load a model from {spec}: {_first_line(e)}") from None
+                              f"({first_line(e)}); {_offline_hint(field)}") from None
+        raise GptuneError(f"{field}: cannot load a model from {spec}: {first_line(e)}") from None
     except ValueError as e:
-        raise GptuneError(f"{field}: {spec} is not a causal-LM model: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        raise GptuneError(f"{field}: {spec} is not a causal-LM model: {first_line(e)}") from None
 
 
 def fit_tokenizer(model, tokenizer, *, source: str = "the model") -> None:
@@ -121,6 +114,29 @@ def set_dropout(model, p: float) -> None:
             module.p = p
 
 
+def reinit_blocks_above(lm, k: int) -> int:
+    """Keep the embeddings and the first ``k`` transformer blocks of ``lm``; re-initialise every block
+    above with the model's own init (GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer);
+    seed the RNG first). The final LayerNorm and the tied LM head stay as loaded. Returns how many
+    blocks were re-initialised (GPT-1's Fig. 2 left: transfer k layers)."""
+    body, _ = body_and_head(lm)
+    blocks = getattr(body, "h", None)
+    if blocks is None:
+        raise GptuneError(f"model.transfer_layers: {type(body).__name__} has no .h list of blocks to re-initialise")
+    if not 0 <= k <= len(blocks):
+        raise GptuneError(f"model.transfer_layers: must be in [0, {len(blocks)}] (the model has {len(blocks)} "
+                          f"blocks), got {k}")
+    with torch.no_grad():
+        for block in list(blocks)[k:]:
+            # children before parents, as from_config does: GPT-2's block-level scaled c_proj init wins
+            for module in reversed(list(block.modules())):
+                for p in module.parameters(recurse=False):
+                    p._is_hf_initialized = False  # loaded weights carry the flag, which makes init a no-op
+                module._is_hf_initialized = False
+                lm._init_weights(module)
+    return len(blocks) - k
+
+
 def body_and_head(model) -> tuple[nn.Module, nn.Module]:
     """(transformer body returning hidden states, LM head) of a causal LM, unwrapping PEFT and DDP."""
     inner = model
@@ -133,11 +149,14 @@ def body_and_head(model) -> tuple[nn.Module, nn.Module]:
     return body, inner.get_output_embeddings()
 
 
-def context_length(config) -> int:
+def context_length(config) -> int | None:
+    """Longest input the model accepts (GPT-2 and GPT-1 call it ``n_positions``); None when the config
+    does not say."""
     for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
-    return 1024
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:
@@ -154,9 +173,8 @@ def set_threads() -> None:
 def use_fused_gelu(model: nn.Module) -> int:
     """Swap GPT-2's ``gelu_new`` modules (``NewGELUActivation``: seven elementwise ops in Python, each
     keeping its output for backward) for ``GELUTanh`` (``F.gelu(approximate="tanh")``: one fused kernel).
-    Same formula, rounding differs by ~2e-7; on 2 CPU cores it cuts the MLP activation from ~1.0 s to
-    ~0.2 s per 6-layer step of 2048 tokens (benchmarks/NOTES.md). Only modules change: the saved config
-    still says ``gelu_new``. Returns how many modules were swapped."""
+    Same formula, rounding differs by ~2e-7 (timings: benchmarks/NOTES.md, attempt 6). Only modules
+    change: the saved config still says ``gelu_new``. Returns how many modules were swapped."""
     from transformers.activations import GELUTanh, NewGELUActivation
 
     swapped = 0

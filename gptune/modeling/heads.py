@@ -33,8 +33,8 @@ def add_task_tokens(tokenizer) -> SpecialIds:
     missing = [t for t in wanted if t not in present]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-    ids = tokenizer.convert_tokens_to_ids(wanted)
-    return SpecialIds(start=ids[0], delim=ids[1], end=ids[2])
+    start, delim, extract = tokenizer.convert_tokens_to_ids(wanted)
+    return SpecialIds(start=start, delim=delim, extract=extract)
 
 
 def init_new_rows(lm: nn.Module, n_old: int) -> None:

@@ -42,10 +42,6 @@ def apply_lora(lm: nn.Module, cfg: LoraRecipe, new_token_ids: list[int]):
     return get_peft_model(lm, config)
 
 
-def trainable_names(model: nn.Module) -> set[str]:
-    return {n for n, p in model.named_parameters() if p.requires_grad}
-
-
 def save_adapter(lm, out, *, embeddings: bool = False) -> None:
     """Write ``lm``'s adapter to ``out``: LoRA weights plus the new token rows (PEFT's trainable tokens), or
     with ``embeddings`` the full input-embedding matrix, those rows folded in, under its plain name

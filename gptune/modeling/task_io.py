@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptune.config import Recipe
-from gptune.errors import GptuneError
+from gptune.errors import GptuneError, first_line
 from gptune.tasks import TaskSpec
 from gptune.transforms import SpecialIds
 
@@ -53,9 +53,11 @@ class TaskModelInfo:
             if d.get("lora") and d.get("format", 1) < FORMAT:
                 raise GptuneError(f"{path}: a LoRA folder written by an older gptune (adapter on the task model); "
                                   "fine-tune again to get a standard PEFT adapter")
-            ids = d.get("special_ids")
+            marks = d.get("special_ids")
+            if marks is not None and "end" in marks:  # task.json written before the field was named extract
+                marks["extract"] = marks.pop("end")
             return cls(TaskSpec.from_dict(d["task"]), d["input_style"], int(d["max_length"]), d["base_model"],
-                       bool(d["lora"]), None if ids is None else SpecialIds(**ids))
+                       bool(d["lora"]), None if marks is None else SpecialIds(**marks))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise GptuneError(f"{path}: not a valid task.json ({type(e).__name__}: {e})") from None
 
@@ -84,7 +86,7 @@ def load_tokenizer(spec: str, flag: str = "--model"):
     try:
         return AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise GptuneError(f"{flag} {spec}: cannot load its tokenizer ({first}); save the tokenizer next to the "
                           "model or set model.tokenizer") from None
 
@@ -107,17 +109,21 @@ def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = F
     return lm
 
 
-def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, ids: SpecialIds | None):
+def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: SpecialIds | None):
     """Base LM + task head (+ LoRA) for training, from the recipe."""
+    from gptune.modeling.gpt import reinit_blocks_above
     from gptune.modeling.heads import GPT1TaskModel
     from gptune.modeling.lora import apply_lora
 
     lm = prepare_base(recipe.model.name_or_path, tokenizer, flag="--model",
                       trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout)
+    if recipe.model.transfer_layers is not None:
+        reinit_blocks_above(lm, recipe.model.transfer_layers)
     if recipe.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable()
     if recipe.lora.enabled:
-        lm = apply_lora(lm, recipe.lora, [] if ids is None else [ids.start, ids.delim, ids.end])
+        new_ids = [] if special_ids is None else [special_ids.start, special_ids.delim, special_ids.extract]
+        lm = apply_lora(lm, recipe.lora, new_ids)
     model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout)
     return model
 

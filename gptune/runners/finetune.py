@@ -4,21 +4,17 @@ Reads like a table of contents; each ``build_*`` / ``load_*`` builds one thing."
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import yaml
-
-from gptune.config import Recipe, TaskConfig
-from gptune.console import console, is_main_process, say, summary_table, warn
+from gptune.config import Recipe
+from gptune.console import console, is_main_process, say, summary_table
 from gptune.errors import GptuneError
-from gptune.runners.common import RunSummary, finish, open_run, prepare_training, publish_final
-from gptune.tasks import TaskSpec, custom_task, get_task
-from gptune.training.checkpoint import TrainState
+from gptune.recipes import build_recipe, read_recipe_file
+from gptune.tasks import GLUE_TASKS, TaskSpec, build_task_spec
+from gptune.training.checkpoint import TrainState, newest_final
 from gptune.training.loop import StepOutput, train
+from gptune.training.run import RunSummary, finish, open_run, prepare_training, promote_best, publish_final
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "finetune.yaml"
 HUB_MODEL = "openai-community/openai-gpt"
@@ -26,41 +22,26 @@ AUTO = "auto"
 
 
 # ----------------------------------------------------------------------------- resolving the recipe
-def newest_pretrained_run(root: Path = Path("runs")) -> Path | None:
-    """The newest ``runs/*/final`` written by ``gptune pretrain`` (its recipe has no task)."""
-    found = []
-    for final in root.glob("*/final"):
-        if not (final / "config.json").is_file() or (final / "task.json").exists():
-            continue
-        try:
-            saved = yaml.safe_load((final / "recipe.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        if (saved.get("task") or {}).get("name"):
-            continue
-        found.append((final.stat().st_mtime, final))
-    return max(found)[1] if found else None
-
-
 def default_model() -> str:
     """``--model`` when absent: the newest local pretraining run, else GPT-1 from the hub."""
-    run = newest_pretrained_run()
+    run = newest_final(pretrained_only=True)
     return str(run) if run is not None else HUB_MODEL
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick look (DNS + TCP connect) before asking the hub, whose client retries for ~50 s offline."""
-    import socket
-    from urllib.parse import urlparse
+    """One quick request through huggingface_hub's own client before asking the hub for files (its
+    downloads retry for ~50 s offline). The client applies what every download does: HF_HUB_OFFLINE
+    (no request at all), HF_ENDPOINT and the HTTPS_PROXY / HTTP_PROXY / NO_PROXY variables."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
 
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if constants.is_offline_mode():
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # noqa: BLE001 - offline mode, DNS, proxy, TLS, timeout: all mean "not reachable now"
         return False
+    return True
 
 
 def _hub_cached(repo: str) -> bool:
@@ -128,102 +109,15 @@ def resolve_recipe(recipe: Recipe, *, reuse: bool) -> Recipe:
                                model=dataclasses.replace(recipe.model, name_or_path=model))
 
 
-def build_task_spec(cfg: TaskConfig) -> TaskSpec:
-    """A GLUE task by name, or a custom task from ``task.kind`` + files."""
-    if cfg.kind is None:
-        if not cfg.name:
-            raise GptuneError("task.name: no task given; pass --task NAME (a GLUE task) or a recipe with a task section")
-        try:
-            return get_task(cfg.name)
-        except GptuneError as e:
-            raise GptuneError(f"{e}; for your own data set task.kind, task.train_file and task.text_fields") from None
-    problems = []
-    if not cfg.train_file:
-        problems.append("task.train_file: must be set for a custom task (task.kind is set)")
-    if not cfg.text_fields:
-        problems.append("task.text_fields: must list the text columns of a custom task")
-    if problems:
-        raise GptuneError(*problems)
-    files = {"train": cfg.train_file}
-    if cfg.eval_file:
-        files["validation"] = cfg.eval_file
-    return custom_task(cfg.name or "custom", cfg.kind, cfg.text_fields, cfg.label_field, cfg.labels, files)
-
-
-# ----------------------------------------------------------------------------- data
-@dataclass
-class TaskData:
-    train: object
-    evals: dict
-    train_rows: int
-    eval_rows: dict
-    cached: bool
-
-
-def load_task_data(recipe: Recipe, task: TaskSpec, tokenizer, ids, accelerator, *, train_split: bool = True,
-                   eval_splits: tuple[str, ...] | None = None) -> TaskData:
-    """Read the splits (custom files, glue_data folder or hub) and tokenize them once (cached)."""
-    from gptune.data.features import encode_split
-    from gptune.data.glue import load_task_split
-
-    def encode(split_name):
-        split = load_task_split(task, split_name, recipe.task.data_dir)
-        if split.warning():
-            warn(split.warning())
-        ds, cached = encode_split(task, split, tokenizer, style=recipe.task.input_style, ids=ids,
-                                  max_length=recipe.task.max_length, cache_dir=recipe.data.cache_dir,
-                                  first=accelerator.main_process_first)
-        return ds, cached
-
-    train_ds, cached = encode("train") if train_split else (None, True)
-    evals = {}
-    for s in task.eval_splits if eval_splits is None else eval_splits:
-        evals[s], c = encode(s)
-        cached = cached and c
-    return TaskData(train_ds, evals, len(train_ds) if train_ds is not None else 0,
-                    {k: len(v) for k, v in evals.items()}, cached)
-
-
-def build_collator(recipe: Recipe, task: TaskSpec, tokenizer, ids):
-    from gptune.data.collate import TaskCollator
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    extract = ids.end if recipe.task.input_style == "gpt1" else None
-    return TaskCollator(pad, extract, task.is_regression)
-
-
-def build_task_loaders(recipe: Recipe, data: TaskData, collate):
-    from gptune.data.collate import LengthGroupedSampler
-
-    micro = recipe.train.micro_batch_size
-    train_loader = None
-    if data.train is not None:
-        if len(data.train) < micro:
-            raise GptuneError(f"task train split: {len(data.train)} rows, fewer than train.micro_batch_size={micro}")
-        sampler = LengthGroupedSampler(data.train["length"], micro, recipe.seed)
-        # its own generator: creating the epoch's iterator then draws no number from the global RNG, so
-        # dropout after a mid-epoch resume matches the uninterrupted run
-        train_loader = torch.utils.data.DataLoader(data.train, batch_size=micro, sampler=sampler, drop_last=True,
-                                                   collate_fn=collate, generator=torch.Generator().manual_seed(0))
-    evals = {}
-    for name, ds in data.evals.items():
-        # visit rows longest first: the least padding; predictions are put back in row order
-        order = sorted(range(len(ds)), key=lambda i, lengths=ds["length"]: -lengths[i])
-        evals[name] = torch.utils.data.DataLoader(ds, batch_size=micro * 2, sampler=order, collate_fn=collate)
-    return train_loader, evals
-
-
+# ----------------------------------------------------------------------------- the run
 def task_step(model, batch) -> StepOutput:
     out = model(**batch)
     parts = {k: out[k] for k in ("task_loss", "lm_loss") if k in out}
     return StepOutput(loss=out["loss"], parts=parts, tokens=int(batch["attention_mask"].sum()))
 
 
-# ----------------------------------------------------------------------------- the run
 def fit_max_length(recipe: Recipe, spec: str) -> Recipe:
     """A task.max_length beyond the model's context is lowered to it (and said), before anything is tokenized."""
-    import dataclasses
-
     from transformers import AutoConfig
 
     from gptune.modeling.gpt import context_length
@@ -232,7 +126,7 @@ def fit_max_length(recipe: Recipe, spec: str) -> Recipe:
         ctx = context_length(AutoConfig.from_pretrained(spec, trust_remote_code=recipe.model.trust_remote_code))
     except (OSError, ValueError):
         return recipe  # an adapter folder or unreachable hub id: checked again once the model is built
-    if recipe.task.max_length <= ctx:
+    if ctx is None or recipe.task.max_length <= ctx:
         return recipe
     say(f"  task.max_length {recipe.task.max_length} lowered to the model's context ({ctx})")
     return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=ctx))
@@ -242,6 +136,7 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
                  command: str = "gptune finetune", merge: bool | None = None) -> RunSummary:
     from accelerate.utils import set_seed
 
+    from gptune.data.task_data import build_collator, build_task_loaders, load_task_data
     from gptune.evaluation.glue import evaluate_splits, flat_metrics
     from gptune.modeling.gpt import context_length, count_parameters, set_threads
     from gptune.modeling.heads import add_task_tokens
@@ -263,15 +158,16 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe.model.tokenizer or spec)
-    ids = add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
-    data = load_task_data(recipe, task, tokenizer, ids, accelerator)
-    model = build_task_model(recipe, task, tokenizer, ids)
-    if recipe.task.max_length > context_length(_lm_config(model)):
+    special_ids = add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
+    data = load_task_data(recipe, task, tokenizer, special_ids, accelerator)
+    model = build_task_model(recipe, task, tokenizer, special_ids)
+    context = context_length(_lm_config(model))
+    if context is not None and recipe.task.max_length > context:
         raise GptuneError(f"task.max_length={recipe.task.max_length} is larger than the model's context "
-                          f"({context_length(_lm_config(model))}); lower it")
+                          f"({context}); lower it")
     say(f"  {count_parameters(model) / 1e6:.2f}M params, {count_parameters(model, True) / 1e6:.3f}M trainable | "
         f"{data.train_rows} train rows, eval {data.eval_rows}{' (cached)' if data.cached else ''}")
-    collate = build_collator(recipe, task, tokenizer, ids)
+    collate = build_collator(recipe, task, tokenizer, special_ids)
     train_loader, eval_loaders = build_task_loaders(recipe, data, collate)
     t = prepare_training(accelerator, recipe, model, train_loader, run_dir=run_dir, ckpt=ckpt, command=command)
     model, metrics = t.model, t.metrics
@@ -283,7 +179,18 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         out = flat_metrics(evaluate_splits(accelerator, model, eval_loaders, task))
         metrics.write("eval", step=st.step, epoch=st.epoch, **out)
         say(f"  eval step {st.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
+        if recipe.task.keep_best:
+            keep_if_best(st, out)
         return out
+
+    def keep_if_best(st: TrainState, out: dict) -> None:
+        key = task.main_metric if len(eval_loaders) == 1 else f"{next(iter(eval_loaders))}/{task.main_metric}"
+        if st.best and out[key] <= st.best["value"]:
+            return
+        st.best = {"step": st.step, "metric": key, "value": out[key], "metrics": out}
+        save_final_task(accelerator, model, tokenizer, recipe, task, special_ids, run_dir, t.recipe_yaml,
+                        {"step": st.step, **out}, merge=recipe.lora.merge if merge is None else merge, name="best")
+        say(f"  best {key} so far ({out[key]:.4f}): kept in {run_dir / 'best'}")
 
     def on_epoch_end(st: TrainState) -> None:
         if recipe.task.eval_every_epoch and st.step < st.total_steps:
@@ -293,12 +200,15 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
                   loader=t.loader, cfg=recipe.train, state=t.state, step_fn=task_step, evaluate_fn=evaluate_fn,
                   checkpointer=t.checkpointer, metrics=metrics, on_epoch_end=on_epoch_end,
                   description=f"finetune {task.name}")
-    if recipe.train.save_every and state.step % recipe.train.save_every:
-        t.checkpointer.save(state)
+    t.checkpointer.save_unless_saved(state)  # every run ends with a resumable checkpoint
     final_metrics = evaluate_fn(state)
-    final = save_final_task(accelerator, model, tokenizer, recipe, task, ids, run_dir, t.recipe_yaml,
-                            {"step": state.step, **final_metrics},
-                            merge=recipe.lora.merge if merge is None else merge)
+    if recipe.task.keep_best and state.best:
+        final = promote_best(accelerator, run_dir)
+        final_metrics = {**state.best["metrics"], "best_step": state.best["step"]}
+    else:
+        final = save_final_task(accelerator, model, tokenizer, recipe, task, special_ids, run_dir, t.recipe_yaml,
+                                {"step": state.step, **final_metrics},
+                                merge=recipe.lora.merge if merge is None else merge)
     metrics.close()
     if accelerator.is_main_process:
         from gptune.plot import write_curves
@@ -323,25 +233,74 @@ def _data_where(task: TaskSpec, data_dir: str | None) -> str:
     return str(folder / task.glue_dir) if folder is not None else f"hub nyu-mll/glue:{task.hub_name}"
 
 
-def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpec, ids, run_dir: Path,
-                    recipe_yaml: str, metrics: dict, *, merge: bool = False) -> Path:
+def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpec, special_ids, run_dir: Path,
+                    recipe_yaml: str, metrics: dict, *, merge: bool = False, name: str = "final") -> Path:
     """``final/``: adapter or full model + tokenizer + task.json + metrics.json + recipe.yaml
     (``final/merged``: the LoRA folded in). Written to a temporary folder, then renamed."""
     from gptune.modeling.task_io import TaskModelInfo, merge_lora, save_task_model
 
-    final = run_dir / "final"
+    final = run_dir / name
     accelerator.wait_for_everyone()
     inner = accelerator.unwrap_model(model)
     state_dict = None if recipe.lora.enabled else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         info = TaskModelInfo(task, recipe.task.input_style, recipe.task.max_length,
-                             recipe.model.name_or_path, recipe.lora.enabled, ids)
+                             recipe.model.name_or_path, recipe.lora.enabled, special_ids)
 
         def write(tmp: Path) -> None:
             save_task_model(inner, state_dict, tokenizer, info, tmp, embeddings=recipe.lora.save_embeddings)
             if merge and recipe.lora.enabled:
                 merge_lora(inner, tokenizer, info, tmp / "merged")
 
-        publish_final(run_dir, write, recipe_yaml, metrics)
+        publish_final(run_dir, write, recipe_yaml, metrics, name)
     accelerator.wait_for_everyone()
     return final
+
+
+# ----------------------------------------------------------------------------- gptune eval --glue
+def finetune_for_eval(task: str, model: str, data_dir: str | None, *, lora: bool, sets: list[str] | None = None,
+                      recipe_path: str | None = None) -> RunSummary:
+    """Fine-tune ``model`` on ``task`` with the shipped recipe into runs/glue/<model>/<task>-<mode>."""
+    raw = read_recipe_file(recipe_path or DEFAULT_RECIPE)
+    r = build_recipe(raw, {"task.name": task, "model.name_or_path": model, "task.data_dir": data_dir,
+                           "lora.enabled": lora}, sets)
+    out = Path("runs/glue") / Path(model).name.replace("/", "_") / f"{task}-{'lora' if lora else 'full'}"
+    r = dataclasses.replace(r, out_dir=str(out))
+    return run_finetune(r, overwrite=True, command=f"gptune finetune --task {task} --model {model}")
+
+
+def run_glue_eval(model: str, *, data_dir: str | None = None, lora: bool = True, sets: list[str] | None = None,
+                  recipe_path: str | None = None) -> dict:
+    """Fine-tune + evaluate every GLUE task with local data; one table with the GLUE-style average
+    (``metrics.glue_average``) and the GPT-1 paper's number beside each task."""
+    from gptune.data.glue import has_local_files
+    from gptune.evaluation.metrics import glue_average, paper_scores, task_score
+
+    tasks = [t for t in GLUE_TASKS.values() if has_local_files(t, data_dir, ("train", *t.eval_splits))]
+    if not tasks:
+        raise GptuneError("--glue: no GLUE task has train and dev files here; pass --data-dir DIR "
+                          "(glue_data layout, e.g. DIR/RTE/train.tsv) or set GPTUNE_GLUE_DIR")
+    say(f"eval --glue: model {model} | tasks {', '.join(t.name for t in tasks)}")
+    results = {}
+    for t in tasks:
+        summary = finetune_for_eval(t.name, model, data_dir, lora=lora, sets=sets, recipe_path=recipe_path)
+        m = summary.metrics
+        results[t.name] = ({s: {k.split('/', 1)[1]: v for k, v in m.items() if k.startswith(s + "/")}
+                            for s in t.eval_splits} if len(t.eval_splits) > 1 else dict(m))
+    paper = paper_scores()
+    if is_main_process():
+        from rich.table import Table
+
+        table = Table(title=f"GLUE dev: {model}", title_justify="left")
+        for col in ("task", "metrics (x100)", "score", "GPT-1 paper (test)"):
+            table.add_column(col, justify="left" if col in ("task", "metrics (x100)") else "right")
+        for name, m in results.items():
+            flat = m if not any(isinstance(v, dict) for v in m.values()) else \
+                {f"{s}/{k}": v for s, d in m.items() for k, v in d.items()}
+            table.add_row(name, ", ".join(f"{k} {100 * v:.1f}" for k, v in flat.items()),
+                          f"{100 * task_score(m):.1f}",
+                          ", ".join(f"{k} {v:.1f}" for k, v in paper.get(name, {}).items()) or "-")
+        avg = glue_average(results)
+        table.add_row("average", f"{len(results)} of 9 tasks (mean of per-task scores)", f"{avg:.1f}", "72.8 (all 9)")
+        console.print(table)
+    return results

@@ -9,12 +9,7 @@ import yaml
 
 from gptune.console import say, summary_table
 from gptune.errors import GptuneError
-
-
-def newest_run_final(root: Path = Path("runs")) -> Path | None:
-    """The newest ``final/`` under ./runs written by gptune (pretrain or finetune)."""
-    found = [(p.stat().st_mtime, p) for p in root.glob("**/final") if (p / "recipe.yaml").is_file()]
-    return max(found)[1] if found else None
+from gptune.training.checkpoint import newest_final
 
 
 def load_lm_for_ppl(spec: str, base_model: str | None = None):
@@ -57,9 +52,9 @@ def run_validation_text(recipe: dict, tokenizer) -> tuple[str, str]:
     """
     task = (recipe.get("task") or {}).get("name")
     if task:
-        from gptune.config import build_recipe
         from gptune.data.glue import load_task_split
-        from gptune.runners.finetune import build_task_spec
+        from gptune.recipes import build_recipe
+        from gptune.tasks import build_task_spec
 
         r = build_recipe(recipe)
         spec = build_task_spec(r.task)
@@ -69,7 +64,7 @@ def run_validation_text(recipe: dict, tokenizer) -> tuple[str, str]:
         return "\n\n".join(texts), f"{spec.name} {split} ({len(rows)} examples)"
     data = recipe.get("data") or {}
     if data.get("val_path"):
-        from gptune.evaluation.perplexity import load_eval_text
+        from gptune.data.eval_text import load_eval_text
 
         return load_eval_text(data["val_path"]), str(data["val_path"])
     from gptune.data.text import build_lm_data
@@ -97,9 +92,8 @@ def prefix_token_id(tokenizer) -> int:
 def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_length: int | None = None,
                  stride: int | None = None, batch_size: int | None = None, json_path: str | None = None,
                  prepend_eos: bool = False, base_model: str | None = None) -> dict:
+    from gptune.data.eval_text import encode_text, load_eval_text
     from gptune.evaluation.perplexity import (
-        encode_text,
-        load_eval_text,
         perplexity_report,
         resolve_windowing,
         sliding_window_nll,
@@ -108,7 +102,7 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
 
     set_threads()
     if model is None:
-        found = newest_run_final()
+        found = newest_final()
         if found is None:
             raise GptuneError("eval --ppl: no runs/*/final in this folder; pass --model DIR (or a hub id)")
         model = str(found)
@@ -140,7 +134,7 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
         "tokens_per_second")})
     if json_path and accelerator.is_main_process:
         Path(json_path).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    from gptune.runners.common import finish
+    from gptune.training.run import finish
 
     finish(accelerator)
     return report

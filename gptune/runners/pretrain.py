@@ -11,9 +11,9 @@ import torch
 from gptune.config import Recipe
 from gptune.console import say, summary_table
 from gptune.errors import GptuneError
-from gptune.runners.common import RunSummary, finish, open_run, prepare_training, publish_final
 from gptune.training.checkpoint import TrainState
 from gptune.training.loop import EpochSampler, StepOutput, train
+from gptune.training.run import RunSummary, finish, open_run, prepare_training, publish_final
 
 
 def ensure_corpus(recipe: Recipe, accelerator) -> None:
@@ -99,7 +99,8 @@ def evaluate_lm(accelerator, model, loader, max_batches: int | None) -> dict:
 def sliding_window_val(accelerator, model, data, tokenizer, block_size: int) -> dict:
     """The ``eval --ppl`` measure on the validation blocks (decoded, joined as documents) with windows of
     block_size and stride block_size / 2 (``gptune eval --ppl --max-length B --stride B/2`` gives the same)."""
-    from gptune.evaluation.perplexity import encode_text, perplexity_report, sliding_window_nll
+    from gptune.data.eval_text import encode_text
+    from gptune.evaluation.perplexity import perplexity_report, sliding_window_nll
 
     blocks = [data.val[i]["input_ids"].tolist() for i in range(len(data.val))]
     text = "\n\n".join(tokenizer.batch_decode(blocks))
@@ -145,9 +146,10 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         tokenizer = load_tokenizer_for(recipe, run_dir)
     data = load_lm_data(recipe, tokenizer, accelerator)
     lm = build_causal_lm(recipe.model, tokenizer)
-    if recipe.data.block_size > context_length(lm.config):
+    context = context_length(lm.config)
+    if context is not None and recipe.data.block_size > context:
         raise GptuneError(f"data.block_size={recipe.data.block_size} is larger than the model's context "
-                          f"({context_length(lm.config)}); lower it or raise model.config.n_positions")
+                          f"({context}); lower it or raise model.config.n_positions")
     model = LMWithLoss(lm)
     if recipe.train.compile:
         model = torch.compile(model)
@@ -174,8 +176,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     state = train(accelerator=accelerator, model=model, optimizer=t.optimizer, scheduler=t.scheduler,
                   loader=t.loader, cfg=recipe.train, state=t.state, step_fn=lm_step,
                   evaluate_fn=evaluate_fn, checkpointer=t.checkpointer, metrics=metrics, description="pretrain")
-    if recipe.train.save_every and state.step % recipe.train.save_every:
-        t.checkpointer.save(state)
+    t.checkpointer.save_unless_saved(state)  # every run ends with a resumable checkpoint
     final_metrics = {}
     if val_loader is not None:
         final_metrics = evaluate_lm(accelerator, model, val_loader, None)

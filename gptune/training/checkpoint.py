@@ -15,8 +15,9 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gptune.config import Recipe, recipe_diff
-from gptune.errors import GptuneError
+from gptune.config import Recipe
+from gptune.errors import GptuneError, first_line
+from gptune.recipes import recipe_diff
 
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
@@ -47,6 +48,12 @@ class TrainState:
     """Batches skipped because their loss was not finite."""
     history: dict = field(default_factory=dict)
     """Last evaluation metrics."""
+    best: dict = field(default_factory=dict)
+    """``task.keep_best``: step, metric, value and metrics of the best evaluation so far."""
+    lr_plan: dict = field(default_factory=dict)
+    """The learning-rate plan (``training.optim.LrPlan``) the run follows; empty in older checkpoints."""
+    processes: int = 0
+    """Processes that wrote the checkpoint (0: unknown, an older checkpoint)."""
 
 
 def fsync_tree(path: Path) -> None:
@@ -88,6 +95,28 @@ def find_latest(run_dir: Path) -> Path | None:
             return cand
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def newest_final(root: Path = Path("runs"), *, pretrained_only: bool = False) -> Path | None:
+    """The newest ``final/`` under ``root`` written by gptune (its recipe.yaml beside it); with
+    ``pretrained_only``, the newest written by ``gptune pretrain`` (a model whose recipe has no task)."""
+    import yaml
+
+    found = []
+    for final in Path(root).glob("**/final"):
+        if not (final / "recipe.yaml").is_file():
+            continue
+        if pretrained_only:
+            if not (final / "config.json").is_file() or (final / "task.json").exists():
+                continue
+            try:
+                saved = yaml.safe_load((final / "recipe.yaml").read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            if (saved.get("task") or {}).get("name"):
+                continue
+        found.append((final.stat().st_mtime, final))
+    return max(found)[1] if found else None
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
@@ -146,6 +175,8 @@ class Checkpointer:
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
         self.recipe_yaml = recipe_yaml
+        self.saved_step: int | None = None
+        """Step of the newest checkpoint written or loaded by this run."""
 
     def save(self, state: TrainState) -> Path:
         acc = self.accelerator
@@ -179,7 +210,12 @@ class Checkpointer:
                 + (f" and {kept.name} is intact" if kept else "")
             ) from None
         acc.wait_for_everyone()
+        self.saved_step = state.step
         return final
+
+    def save_unless_saved(self, state: TrainState) -> Path | None:
+        """The end of a run: a resumable checkpoint of its last step, whatever ``train.save_every`` is."""
+        return None if self.saved_step == state.step else self.save(state)
 
     def _prune(self) -> None:
         ckpts = list_checkpoints(self.run_dir)
@@ -189,12 +225,18 @@ class Checkpointer:
     def load(self, ckpt: Path) -> TrainState:
         """Restore everything from ``ckpt``. Weights come from safetensors and the optimizer/RNG pickles
         are read with ``weights_only=True``: a checkpoint can hold data, never code that runs."""
+        saved = read_state(ckpt)
+        here = self.accelerator.num_processes
+        if saved.processes and saved.processes != here:
+            raise GptuneError(f"--resume {ckpt}: the checkpoint was written by {saved.processes} process(es) and "
+                              f"this run has {here}; resume with --num-processes {saved.processes} (the data "
+                              "position and random states are per process)")
         try:
             self.accelerator.load_state(str(ckpt))
-            data = json.loads((ckpt / STATE_FILE).read_text())
-            return TrainState(**data)
+            self.saved_step = saved.step
+            return saved
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise GptuneError(f"--resume {ckpt}: cannot load this checkpoint safely ({type(e).__name__}: "
                               f"{first[:200]}); resume from an earlier step-*/ folder") from None
         except Exception as e:  # pickle.UnpicklingError and friends from a tampered file
@@ -202,6 +244,15 @@ class Checkpointer:
                 raise GptuneError(f"--resume {ckpt}: refused to unpickle a file that is not plain data "
                                   f"({type(e).__name__}); the checkpoint may have been tampered with") from None
             raise
+
+
+def read_state(ckpt: Path) -> TrainState:
+    """The ``TrainState`` a checkpoint was written at (its ``trainer_state.json``)."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        return TrainState(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise GptuneError(f"--resume {ckpt}: cannot read {STATE_FILE} ({type(e).__name__}: {e})") from None
 
 
 def _pause_for_tests(point: str, step: int) -> None:

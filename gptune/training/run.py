@@ -1,7 +1,9 @@
-"""What every runner shares: the run folder, the Accelerator, and the training state around the loop."""
+"""A training run around the loop, as every runner opens and closes one: the run folder, the Accelerator,
+the optimizer and schedule, the restored state, ``final/``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from gptune.training.checkpoint import (
     TrainState,
     check_compatible,
     prepare_run_dir,
+    read_state,
     resolve_resume,
     write_atomic,
 )
@@ -95,12 +98,18 @@ def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_di
                      command: str) -> Training:
     """Optimizer, schedule (planned on the prepared loader), one ``accelerator.prepare``, checkpointer,
     and -- when resuming -- the restored state with the metrics log cut back to the checkpoint."""
-    from gptune.training.optim import build_optimizer, build_scheduler
+    from gptune.training.optim import LrPlan, build_optimizer, build_scheduler, plan_lr
 
     optimizer = build_optimizer(model, recipe.train)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     total = plan_steps(recipe.train, len(train_loader), accelerator.gradient_accumulation_steps)
-    scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, total))
+    saved = read_state(ckpt) if ckpt is not None else None
+    if saved is None:
+        plan = plan_lr(recipe.train, total)
+    else:  # the checkpoint's plan (older checkpoints: the first plan of their total), extended if need be
+        previous = LrPlan(**saved.lr_plan) if saved.lr_plan else plan_lr(recipe.train, saved.total_steps)
+        plan = plan_lr(recipe.train, total, previous, saved.step)
+    scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, plan))
     recipe_yaml = recipe.to_yaml(recipe_header(command))
     checkpointer = Checkpointer(accelerator, run_dir, recipe.train.keep_last, recipe_yaml)
     state = TrainState(total_steps=total)
@@ -110,6 +119,8 @@ def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_di
         say(f"  resumed from {ckpt} at step {state.step} of {total}")
         if accelerator.is_main_process:
             truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    state.lr_plan = dataclasses.asdict(plan)
+    state.processes = accelerator.num_processes
     if recipe.train.trackers:
         accelerator.init_trackers(recipe.name)
     return Training(model, optimizer, train_loader, scheduler, checkpointer, state,
@@ -128,15 +139,15 @@ def finish(accelerator) -> None:
         dist.destroy_process_group()
 
 
-def publish_final(run_dir: Path, write, recipe_yaml: str, metrics: dict) -> Path:
-    """``final/`` written whole or not at all (main process): ``write(tmp)`` fills a temporary folder,
-    the recipe, metrics and model card go beside it, then it is renamed into place."""
+def publish_final(run_dir: Path, write, recipe_yaml: str, metrics: dict, name: str = "final") -> Path:
+    """``final/`` (or ``name``) written whole or not at all (main process): ``write(tmp)`` fills a
+    temporary folder, the recipe, metrics and model card go beside it, then it is renamed into place."""
     import os
     import shutil
 
     from gptune.hub import write_card
 
-    final, tmp = run_dir / "final", run_dir / ".tmp-final"
+    final, tmp = run_dir / name, run_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
     (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
@@ -144,4 +155,19 @@ def publish_final(run_dir: Path, write, recipe_yaml: str, metrics: dict) -> Path
     write_card(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    return final
+
+
+def promote_best(accelerator, run_dir: Path) -> Path:
+    """``task.keep_best``: the best evaluation's folder (``best/``) becomes ``final/``."""
+    import os
+    import shutil
+
+    final = run_dir / "final"
+    accelerator.wait_for_everyone()
+    # no best/ folder: this run was resumed after it had ended, and final/ already holds its best
+    if accelerator.is_main_process and (run_dir / "best").is_dir():
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(run_dir / "best", final)
+    accelerator.wait_for_everyone()
     return final
