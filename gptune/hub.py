@@ -46,13 +46,8 @@ def _is_hub_id(spec: str | None) -> bool:
 def _lm_results(recipe: dict, metrics: dict) -> tuple[list[dict], list[str]]:
     data = recipe.get("data") or {}
     path = str(data.get("path", ""))
-    hub = None
-    if data.get("download_books"):
-        from gptune.data.text import GUTENBERG_HUB_ID
-
-        hub = GUTENBERG_HUB_ID
-    elif _is_hub_id(path):
-        hub = path.split(":")[0]
+    # a local folder (even one download_books filled from the hub) is named by its folder, not claimed as a hub set
+    hub = path.split(":")[0] if _is_hub_id(path) else None
     found = [{"type": t, "value": metrics[k], "name": name} for k, (t, name) in _LM_METRICS.items() if k in metrics]
     results = []
     if found:
