@@ -92,7 +92,7 @@ def pretrain(
     from gptune.runners.pretrain import run_pretrain
 
     summary = run_pretrain(r, resume=resume, overwrite=overwrite, command=f"gptune pretrain {r.run_dir}/recipe.yaml")
-    _push(summary.final_dir, push_to_hub)
+    _push(summary, push_to_hub)
 
 
 @app.command()
@@ -168,7 +168,7 @@ def finetune(
     r = build_recipe(raw, flags, sets, source=str(recipe or DEFAULT_RECIPE))
     _check_push(push_to_hub)
     summary = run_finetune(r, resume=resume, overwrite=overwrite, command=_command_line())
-    _push(summary.final_dir, push_to_hub)
+    _push(summary, push_to_hub)
 
 
 def _check_push(repo_id: str | None) -> None:
@@ -178,13 +178,14 @@ def _check_push(repo_id: str | None) -> None:
         check_push(repo_id)
 
 
-def _push(final: Path, repo_id: str | None) -> None:
+def _push(summary, repo_id: str | None) -> None:
+    """After training: upload the run's final/ (main process) when --push-to-hub was given."""
     from gptune.console import is_main_process, say
 
     if repo_id is not None and is_main_process():
         from gptune.hub import push_final
 
-        say(f"pushed {final} to {push_final(final, repo_id)}")
+        say(f"pushed {summary.final_dir} to {push_final(summary.final_dir, repo_id)}")
 
 
 @app.command()
