@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from common import Stat, data_root, print_table, row, write_json  # noqa: E402
 
-ALL = ("help", "pack", "ppl", "pretrain", "glue", "gpu")
+ALL = ("help", "prepare", "ppl", "pretrain", "glue", "gpu")
 
 
 def bench_help(quick: bool) -> list[dict]:

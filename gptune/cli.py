@@ -96,6 +96,21 @@ def pretrain(
 
 
 @app.command()
+def prepare(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose data (and tokenizer) to prepare.")],
+    set_: SetOpt = None,
+    out_dir: OutDirOpt = None,
+) -> None:
+    """Tokenize and pack the recipe's corpus into token shards on disk, once (pretrain then memory-maps them)."""
+    from gptune.recipes import load_recipe
+
+    r = load_recipe(recipe, {"out_dir": out_dir}, set_)
+    from gptune.runners.prepare import run_prepare
+
+    run_prepare(r)
+
+
+@app.command()
 def generate(
     model: Annotated[str, typer.Option(help="Model folder (e.g. runs/books/final) or hub id.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",

@@ -52,8 +52,8 @@ class ModelConfig:
     """Pretrained model: a local folder (e.g. runs/books/final) or a hub id. Absent: random init from
     ``model.config``."""
     arch: Literal["gpt2", "openai-gpt"] = "gpt2"
-    """Architecture for random init: GPT-2 (pre-LayerNorm, SDPA attention) or GPT-1's OpenAI-GPT
-    (post-LayerNorm, eager attention only: slower)."""
+    """Architecture for random init: GPT-2 (pre-LayerNorm) or GPT-1's OpenAI-GPT (post-LayerNorm, GELU,
+    N(0, 0.02) init). Both run their attention through PyTorch's SDPA kernel."""
     config: ArchConfig = field(default_factory=ArchConfig)
     """Architecture of a randomly initialised model."""
     tokenizer: str | None = None
@@ -61,6 +61,10 @@ class ModelConfig:
     saved in the run folder). Absent: the tokenizer saved with ``model.name_or_path``."""
     vocab_size: int = 16384
     """Vocabulary size when ``model.tokenizer`` is ``train``."""
+    tokenizer_train_bytes: int = 100_000_000
+    """Cap on the text read to train a tokenizer (``model.tokenizer=train``), sampled across the whole
+    corpus (evenly spaced windows of each file; a shuffled hub stream), not only its head (measured
+    training times: benchmarks/NOTES.md)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     trust_remote_code: bool = False
@@ -70,6 +74,8 @@ class ModelConfig:
     re-initialise the blocks above k (GPT-1's Fig. 2 left; 0: embeddings only). Absent: every block."""
 
     def _checks(self):
+        if self.tokenizer_train_bytes < 1:
+            yield "tokenizer_train_bytes", f"must be >= 1, got {self.tokenizer_train_bytes}"
         if self.vocab_size < 300:
             yield "vocab_size", f"must be >= 300 (256 bytes + merges + specials), got {self.vocab_size}"
         if self.transfer_layers is not None and self.transfer_layers < 0:
@@ -93,18 +99,28 @@ class DataConfig:
     block_size: int = 256
     """Tokens per training sequence; documents are packed into one stream cut into blocks."""
     val_path: str | None = None
-    """Validation text (file or folder). Absent: a seeded random ``data.val_fraction`` of the blocks."""
+    """Validation text (file, folder, ``datasets`` folder or hub id). Absent: held out of ``data.path`` by
+    ``data.val_split``."""
+    val_split: Literal["tail", "documents", "blocks"] = "tail"
+    """How validation is held out of ``data.path`` when ``data.val_path`` is absent: ``tail`` (the last
+    ``data.val_fraction`` of each document, cut at a line start: contiguous text the model never trains on),
+    ``documents`` (a seeded ``data.val_fraction`` of whole documents: for corpora of many short rows), or
+    ``blocks`` (a seeded random fraction of the packed blocks, as before; neighbouring blocks leak context)."""
     val_fraction: float = 0.01
-    """Fraction of blocks held out for validation when ``data.val_path`` is absent."""
+    """Fraction held out for validation when ``data.val_path`` is absent (0: no validation)."""
     num_proc: int = 2
-    """Worker processes for tokenization."""
+    """Worker processes for tokenization (``gptune prepare`` and the first ``gptune pretrain``)."""
     max_tokens: int | None = None
-    """Stop reading a (streamed hub) corpus after this many tokens."""
+    """Stop reading a (streamed hub) corpus after this many training tokens (part of the prepared data's key)."""
+    revision: str | None = None
+    """Revision (branch, tag or commit) of a hub dataset ``data.path``. Absent: ``main``; pin a commit so
+    prepared shards cannot silently describe an older version of the dataset."""
     fallback_encoding: str | None = None
     """Encoding for text files that are not valid UTF-8 (e.g. ``latin-1``). Absent: such a file is an
     error naming it and the first bad byte."""
     cache_dir: str | None = None
-    """Where tokenized, packed data is cached (default ``~/.cache/gptune`` or ``$GPTUNE_CACHE``)."""
+    """Cache root for token shards (``lm/``) and tokenized tasks (``tasks/``). Absent: ``$GPTUNE_CACHE``,
+    else ``~/.cache/gptune``."""
 
     def _checks(self):
         if self.block_size < 2:
@@ -146,14 +162,16 @@ class TrainConfig:
     warmup: float = 0.02
     """Warmup: a number >= 1 is a count of steps, a number in [0, 1) a fraction of the run."""
     min_lr_ratio: float = 0.1
-    """Cosine schedule ends at ``lr * min_lr_ratio``."""
+    """Cosine schedule ends at ``lr * min_lr_ratio`` after the last step. GPT-1 annealed to 0
+    (``recipes/gpt1.yaml``: 0); the default lr/10 is gptune's choice."""
     weight_decay: float = 0.01
     """AdamW decoupled weight decay on matrices (weights and embeddings; GPT-1's modified L2,
     w=0.01); biases and LayerNorm gains are not decayed."""
     beta1: float = 0.9
-    """AdamW beta1."""
+    """AdamW beta1 (GPT-1: 0.9)."""
     beta2: float = 0.95
-    """AdamW beta2."""
+    """AdamW beta2. GPT-1 used Adam's 0.999 (``recipes/gpt1.yaml``, ``recipes/finetune.yaml``); the
+    default 0.95 is gptune's choice, steadier at the higher learning rates of small models."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -281,16 +299,27 @@ class TaskConfig:
     """Custom tasks: the label column."""
     labels: list[str] | None = None
     """Custom tasks: the label set (absent: regression on a float label)."""
-    max_length: int = 128
+    max_length: int | None = None
     """Longest input sequence after the GPT-1 transformation; longer inputs are truncated (the
-    longer segment first; the extract token is always kept)."""
+    longer segment first; the extract token is always kept). Absent: the model's context, as in GPT-1
+    (512). A value above the context is lowered to it. Batches are padded to their longest row only."""
     lm_coef: float = 0.5
     """Weight of the auxiliary language-modelling loss: L = L_task + lm_coef * L_lm (0 disables)."""
+    lm_loss_mean: Literal["sequence", "token"] = "sequence"
+    """How the auxiliary LM loss is averaged: ``sequence`` (GPT-1's code: each sequence's token mean,
+    then the mean over sequences, so short and long inputs weigh the same) or ``token`` (one mean over
+    every scored token of the micro-batch)."""
+    new_token_init: Literal["mean", "normal"] = "mean"
+    """Embedding rows of the new start/delimiter/extract tokens: ``mean`` (the mean embedding plus small
+    seeded noise: gptune's choice, the new tokens start as an average token) or ``normal`` (seeded
+    N(0, 0.02), like GPT-1's code, where they were fresh rows of its randomly initialised table)."""
     clf_dropout: float = 0.1
     """Dropout before the task head (GPT-1: 0.1)."""
     input_style: Literal["gpt1", "plain"] = "gpt1"
-    """``gpt1``: special start/delimiter/extract tokens, head on the extract token. ``plain``:
-    run_glue-style concatenation, head on the last token (for ablations)."""
+    """``gpt1``: special start/delimiter/extract tokens, head on the extract token (GPT-1). ``plain``:
+    run_glue's input exactly (the texts concatenated as ``tokenizer(a, b)`` joins them for GPT-2, nothing
+    added, one order for similarity), head on the last non-pad token as in GPT2ForSequenceClassification
+    (the baseline for ablations)."""
     eval_every_epoch: bool = True
     """Evaluate on the dev split(s) after every epoch."""
     keep_best: bool = False
@@ -301,7 +330,7 @@ class TaskConfig:
     def _checks(self):
         if self.lm_coef < 0:
             yield "lm_coef", f"must be >= 0, got {self.lm_coef}"
-        if self.max_length < 8:
+        if self.max_length is not None and self.max_length < 8:
             yield "max_length", f"must be >= 8, got {self.max_length}"
         if not 0 <= self.clf_dropout < 1:
             yield "clf_dropout", f"must be in [0, 1), got {self.clf_dropout}"

@@ -16,11 +16,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -56,6 +58,20 @@ def make_progress(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        disable=not is_main_process() or os.environ.get("GPTUNE_NO_PROGRESS", "") != "",
+    )
+
+
+def make_byte_progress() -> Progress:
+    """A progress bar over bytes of text: bytes done / total, bytes/s, a caller-filled info field (tokens/s)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
         disable=not is_main_process() or os.environ.get("GPTUNE_NO_PROGRESS", "") != "",
     )
 

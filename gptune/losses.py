@@ -42,9 +42,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         buf = torch.empty(min(chunk, hidden.shape[0]), weight.shape[0], dtype=acc, device=hidden.device) \
             if plain and hidden.shape[0] else None
         inv_denom = 1.0 / denom
+        per_row = inv_denom.dim() == 1  # a divisor per row (sequence mean) instead of one for all
+        if per_row:
+            inv_denom = inv_denom.index_select(0, rows)  # (n,)
         for s in range(0, hidden.shape[0], chunk):
             h, t = hidden[s : s + chunk], targets[s : s + chunk]
             n = h.shape[0]
+            inv = inv_denom[s : s + n] if per_row else inv_denom
             if plain:
                 logits = torch.mm(h, weight.t(), out=buf[:n])  # (n, V)
             else:
@@ -52,11 +56,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             picked = logits.gather(1, t[:, None]).squeeze(1)  # (n,) read before the in-place ops
             top = logits.amax(dim=1)  # (n,) keeps exp() finite
             sums = logits.sub_(top[:, None]).exp_().sum(dim=1)  # (n,) logits now hold exp(logit - top)
-            total += (sums.log() + top - picked).sum()
+            nll = sums.log() + top - picked  # (n,)
+            total += (nll * inv).sum() if per_row else nll.sum()
             if need_h or need_w:
                 # d CE / d logits = softmax - onehot(target), scaled by 1 / denom
-                g = logits.mul_((inv_denom / sums)[:, None])
-                g.scatter_add_(1, t[:, None], (-inv_denom).to(acc).expand(n, 1).contiguous())
+                g = logits.mul_((inv / sums)[:, None])
+                g.scatter_add_(1, t[:, None], (-inv).to(acc).expand(n).reshape(n, 1).contiguous())
                 if plain:
                     if need_h:
                         torch.mm(g, weight, out=grad_h[s : s + n])
@@ -76,7 +81,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(*(x for x in (grad_h, grad_w) if x is not None))
         ctx.need = (need_h, need_w)
         ctx.w_dtype, ctx.w_shape, ctx.grad_rows = weight.dtype, weight.shape, grad_rows
-        return total / denom
+        return total if per_row else total / denom
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -90,18 +95,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         *, chunk: int | None = None,
-                         grad_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         *, chunk: int | None = None, grad_rows: torch.Tensor | None = None,
+                         row_denom: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-mean cross-entropy of ``hidden @ weight.T`` against ``targets`` (IGNORE_INDEX skipped).
 
     hidden (N, C), weight (V, C), targets (N,). Returns (mean loss, number of scored tokens).
     With no scored token the loss is 0 (not NaN), so an all-padding batch cannot poison a run.
     ``grad_rows`` (k,): only these rows of ``weight`` get a gradient (the others get zeros); for a head
     built from a frozen matrix plus a few trainable rows (LoRA's new-token rows) this replaces the
-    (V x C) weight-gradient GEMM by a (k x C) one.
+    (V x C) weight-gradient GEMM by a (k x C) one. ``row_denom`` (N,): divide each row's loss by its own
+    number instead of the count of scored rows (``causal_lm_loss``'s sequence mean).
     """
     n = (targets != IGNORE_INDEX).sum()
-    denom = n.clamp(min=1).to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+    denom = n.clamp(min=1) if row_denom is None else row_denom
+    denom = denom.to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
     loss = _LinearCrossEntropy.apply(hidden, weight, targets, denom, chunk or _chunk_rows(weight.shape[0]), grad_rows)
     return loss, n
 
@@ -140,11 +147,21 @@ def shift_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
 def causal_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor | None = None,
                    labels: torch.Tensor | None = None,
-                   grad_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-mean causal-LM loss from hidden states (B, T, C); padding masked. Returns (loss, tokens)."""
+                   grad_rows: torch.Tensor | None = None,
+                   mean: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal-LM loss from hidden states (B, T, C); padding masked. Returns (loss, tokens).
+
+    ``mean="token"``: one mean over every scored token. ``mean="sequence"`` (GPT-1's fine-tuning code):
+    each sequence's token mean, then the mean over the sequences that score any token.
+    """
     targets = shift_targets(input_ids, attention_mask, labels)  # (B, T)
+    row_denom = None
+    if mean == "sequence":
+        per_seq = (targets != IGNORE_INDEX).sum(1, keepdim=True)  # (B, 1) scored tokens per sequence
+        n_seq = (per_seq > 0).sum().clamp(min=1)
+        row_denom = (per_seq.clamp(min=1) * n_seq).expand_as(targets).reshape(-1)  # (B*T,)
     return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head_weight, targets.reshape(-1),
-                                grad_rows=grad_rows)
+                                grad_rows=grad_rows, row_denom=row_denom)
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, *, regression: bool) -> torch.Tensor:

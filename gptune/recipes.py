@@ -67,6 +67,13 @@ def _coerce(value, tp):
     if tp is bool:
         return value if isinstance(value, bool) else _NO
     if tp is int:
+        if isinstance(value, str):  # YAML 1.1 reads 2e9 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                return _NO
+        if isinstance(value, float) and value.is_integer():  # 2e9 tokens is a whole number
+            return int(value)
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,61 +32,61 @@ TRAIN = "train"
 """`model.tokenizer` value that trains a byte-level BPE on the run's training files."""
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-_LINES_PER_BATCH = 1000
 
 
 def load_tokenizer(
     spec: str,
     *,
     run_dir: Path | None = None,
-    train_files: list[Path] | None = None,
+    train_texts: Callable[[], Iterable[list[str]]] | None = None,
     vocab_size: int = 16384,
     trust_remote_code: bool = False,
-    text_column: str = "text",
+    field: str = "model.tokenizer",
 ) -> Any:
-    """Return the tokenizer named by `spec` (a local folder, a hub id, or ``"train"``).
+    """Return the tokenizer named by `spec` (a local folder, a hub id, or ``"train"``), with EOS and pad.
 
     ``"train"`` reuses ``run_dir/"tokenizer"`` when it exists (a resumed or repeated run never
-    retrains); otherwise it trains a GPT-2 style byte-level BPE on `train_files` and saves it there.
+    retrains); otherwise it trains a GPT-2 style byte-level BPE on the batches of text that
+    ``train_texts()`` yields and saves it there. `field` is the recipe key or flag named in errors.
     """
     if spec == TRAIN:
         if run_dir is None:
             raise GptuneError("model.tokenizer=train needs a run folder to save the trained tokenizer in")
         folder = Path(run_dir) / "tokenizer"
         if not folder.is_dir():
-            if not train_files:
-                raise GptuneError("model.tokenizer=train: no training files to train the tokenizer on")
-            train_tokenizer(train_files, folder, vocab_size=vocab_size, text_column=text_column)
-        tokenizer = _from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+            if train_texts is None:
+                raise GptuneError("model.tokenizer=train: no training text to train the tokenizer on")
+            train_tokenizer(train_texts(), folder, vocab_size=vocab_size)
+        tokenizer = _from_pretrained(str(folder), trust_remote_code=trust_remote_code, field=field)
     else:
-        tokenizer = _from_pretrained(spec, trust_remote_code=trust_remote_code)
+        tokenizer = _from_pretrained(spec, trust_remote_code=trust_remote_code, field=field)
     return ensure_special_tokens(tokenizer)
 
 
-def _from_pretrained(spec: str, *, trust_remote_code: bool) -> Any:
+def _from_pretrained(spec: str, *, trust_remote_code: bool, field: str) -> Any:
     from transformers import AutoTokenizer
 
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise GptuneError(f"model.tokenizer: {spec} is a file; pass the folder that holds tokenizer.json")
+            raise GptuneError(f"{field}: {spec} is a file; pass the folder that holds tokenizer.json")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a bad folder
             raise GptuneError(
-                f"model.tokenizer: {spec} is not a tokenizer folder (expected tokenizer.json or "
+                f"{field}: {spec} is not a tokenizer folder (expected tokenizer.json or "
                 f"tokenizer_config.json from save_pretrained): {first_line(e)}"
             ) from e
         if len(tokenizer) < 2:
-            raise GptuneError(f"model.tokenizer: {spec} loaded an empty vocabulary")
+            raise GptuneError(f"{field}: {spec} loaded an empty vocabulary")
         return tokenizer
     if not _HUB_ID.match(spec):
-        raise GptuneError(f"model.tokenizer: no such folder: {spec}")
+        raise GptuneError(f"{field}: no such folder: {spec}")
     try:
         return AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise GptuneError(
-            f"model.tokenizer: could not load {spec!r} from the Hugging Face hub ({first_line(e)}); "
+            f"{field}: could not load {spec!r} from the Hugging Face hub ({first_line(e)}); "
             "pass a local tokenizer folder (--set model.tokenizer=DIR) or train one with model.tokenizer=train"
         ) from e
 
@@ -111,14 +111,16 @@ def ensure_special_tokens(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def train_tokenizer(files: list[Path], out_dir: Path, *, vocab_size: int, text_column: str = "text") -> Path:
-    """Train a GPT-2 style byte-level BPE on `files` and save it (save_pretrained) to `out_dir`.
+def train_tokenizer(batches: Iterable[list[str]], out_dir: Path, *, vocab_size: int) -> Path:
+    """Train a GPT-2 style byte-level BPE on `batches` of text and save it (save_pretrained) to `out_dir`.
 
     The folder appears atomically: it is written to a temporary sibling and renamed into place, so
     an interrupted run never leaves a half tokenizer that the next run would reuse.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from gptune.console import make_byte_progress
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -131,7 +133,16 @@ def train_tokenizer(files: list[Path], out_dir: Path, *, vocab_size: int, text_c
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_line_batches(files, text_column), trainer)
+    with make_byte_progress() as bar:
+        task = bar.add_task("tokenizer: reading text", total=None, info="")
+
+        def counted() -> Iterator[list[str]]:
+            for batch in batches:
+                bar.advance(task, sum(len(t) for t in batch))
+                yield batch
+            bar.update(task, description="tokenizer: merging")
+
+        tok.train_from_iterator(counted(), trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS)
     hf.pad_token = EOS
 
@@ -146,31 +157,6 @@ def train_tokenizer(files: list[Path], out_dir: Path, *, vocab_size: int, text_c
         raise
     logger.info("trained a byte-level BPE tokenizer (%d tokens) -> %s", len(hf), out_dir)
     return out_dir
-
-
-def _line_batches(files: list[Path], text_column: str) -> Iterator[list[str]]:
-    """Batches of lines, read lazily, so a 50 MB corpus is never one string in memory."""
-    batch: list[str] = []
-    for f in files:
-        f = Path(f)
-        if f.suffix == ".txt":
-            with f.open(encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    batch.append(line)
-                    if len(batch) >= _LINES_PER_BATCH:
-                        yield batch
-                        batch = []
-        else:
-            # Structured files: one row is one document; reader shared with the packing code.
-            from gptune.data.text import read_table_texts
-
-            for text in read_table_texts(f, text_column):
-                batch.append(text)
-                if len(batch) >= _LINES_PER_BATCH:
-                    yield batch
-                    batch = []
-    if batch:
-        yield batch
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

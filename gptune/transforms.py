@@ -11,9 +11,10 @@ left-to-right model reads; the task head reads the hidden state at the final end
 The three markers are *new* added tokens (see `SPECIAL_TOKENS`): `$` and `<s>` would collide with
 text that already contains them, since byte-level BPE vocabularies encode `$` as an ordinary byte.
 
-Truncation rule (`truncate_longest_first`): while the sequence is too long, remove one token from
-the end of whichever text segment is currently the longest (on a tie, the later segment loses the
-token, as in Hugging Face's `longest_first`). The special tokens, and so the pooled end token, are
+Truncation rule (`truncate_longest_first`): Hugging Face's fast-tokenizer `longest_first` (what
+run_glue's `truncation=True` does to a pair): the shorter segment is kept whole when it fits in half
+the budget, else both are cut from their ends to half the budget each (the longer one gets the odd
+token). The special tokens, and so the pooled end token, are
 never removed.
 """
 
@@ -51,16 +52,21 @@ def min_length(kind: str, n_segments: int) -> int:
 
 
 def truncate_longest_first(segments: list[list[int]], budget: int) -> list[list[int]]:
-    """Cut `segments` to at most `budget` tokens in total, one token at a time from the end of the
-    currently longest segment (ties: the later one). Returns new lists; inputs are not modified."""
+    """Cut one or two `segments` to at most `budget` tokens in total, from their ends, by the rule of the
+    `tokenizers` library's `LongestFirst` (so a pair is cut exactly as `tokenizer(a, b, truncation=True,
+    max_length=budget)` cuts it): the shorter segment (the first on a tie) keeps its length if that is at
+    most half the budget, else `budget // 2`; the other one gets the rest. Returns new lists."""
     lengths = [len(s) for s in segments]
-    excess = sum(lengths) - budget
-    while excess > 0:
-        longest = max(lengths)
-        # last index among the longest: the later segment loses on a tie
-        i = len(lengths) - 1 - lengths[::-1].index(longest)
-        lengths[i] -= 1
-        excess -= 1
+    if sum(lengths) > budget:
+        if len(segments) == 1:
+            lengths = [budget]
+        elif len(segments) == 2:
+            short = 0 if lengths[0] <= lengths[1] else 1
+            if 2 * lengths[short] > budget:
+                lengths[short] = budget // 2
+            lengths[1 - short] = budget - lengths[short]
+        else:
+            raise ValueError(f"truncation takes one or two segments, got {len(segments)}")
     return [list(s[:n]) for s, n in zip(segments, lengths, strict=True)]
 
 
@@ -111,20 +117,15 @@ def encode_example(kind: str, segments: list[list[int]], special_ids: SpecialIds
     return out
 
 
-def encode_plain(segments: list[list[int]], eos_id: int | None, max_length: int) -> list[int]:
-    """The run_glue-style baseline input: segments simply concatenated (a + b), no GPT-1 markers.
+def encode_plain(segments: list[list[int]], max_length: int) -> list[int]:
+    """The run_glue baseline input: the segments simply concatenated (a + b), no markers, nothing added.
 
-    This is what `tokenizer(a, b)` gives for GPT-2 in Hugging Face's run_glue (GPT-2 adds no special
-    tokens), pooled at the last token by the ablation. `eos_id=None` reproduces that exactly; an int
-    appends that one token (kept under truncation) so the pooled token is the same for every example.
-    Truncation: `truncate_longest_first`.
+    This is exactly what run_glue's ``tokenizer(text_a, text_b)`` gives for GPT-2's tokenizer (which adds
+    no special tokens to a pair); the head pools the last non-pad token, as ``GPT2ForSequenceClassification``
+    does. Truncation: `truncate_longest_first`, the rule of run_glue's ``truncation=True``.
     """
     if not segments:
         raise ValueError("encode_plain needs at least one segment")
-    tail = [] if eos_id is None else [eos_id]
-    if max_length < len(tail) + len(segments):
-        raise ValueError(
-            f"max_length {max_length} is too small for {len(segments)} segment(s) plus {len(tail)} eos"
-        )
-    parts = truncate_longest_first(segments, max_length - len(tail))
-    return [t for p in parts for t in p] + tail
+    if max_length < len(segments):
+        raise ValueError(f"max_length {max_length} is too small for {len(segments)} segment(s)")
+    return [t for p in truncate_longest_first(segments, max_length) for t in p]

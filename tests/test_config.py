@@ -111,3 +111,10 @@ def test_docs_recipe_reference_is_up_to_date():
 
     doc = Path(__file__).parents[1] / "docs" / "recipes.md"
     assert doc.read_text() == recipe_reference() + "\n", "run: gptune recipes docs > docs/recipes.md"
+
+
+def test_whole_numbers_in_exponent_form_are_ints_and_fractions_are_not():
+    r = build_recipe({"model": {"tokenizer": "t"}, "train": {"max_steps": 1}}, sets=["data.max_tokens=2e9"])
+    assert r.data.max_tokens == 2_000_000_000 and isinstance(r.data.max_tokens, int)
+    with pytest.raises(GptuneError, match=r"data\.max_tokens: expected int or null, got 2\.5"):
+        build_recipe({"model": {"tokenizer": "t"}, "train": {"max_steps": 1}}, sets=["data.max_tokens=2.5"])

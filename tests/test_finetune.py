@@ -92,9 +92,8 @@ def test_token_layouts_for_every_kind_with_truncation(tok):
     plain = _batch(get_task("rte"), [{"sentence1": "the cat", "sentence2": "a dog ran", "label": 0, "idx": 0},
                                      {"sentence1": "a", "sentence2": "b", "label": 1, "idx": 1}],
                    tokenizer, special_ids, style="plain")
-    eos = tokenizer.eos_token_id
-    assert plain["input_ids"][0, 0].tolist() == [*enc("the cat"), *b, eos]
-    assert plain["extract_pos"][:, 0].tolist() == [len(enc("the cat")) + len(b), len(enc("a")) + len(enc("b"))]
+    assert plain["input_ids"][0, 0].tolist() == [*enc("the cat"), *b]
+    assert plain["extract_pos"][:, 0].tolist() == [len(enc("the cat")) + len(b) - 1, len(enc("a")) + len(enc("b")) - 1]
 
 
 def test_similarity_is_symmetric_by_construction(tok, tiny_model_dir):
@@ -233,11 +232,12 @@ def test_keep_best_puts_the_best_evaluations_weights_in_final(workdir, tiny_mode
     import gptune.evaluation.glue as ev
     from gptune.runners.finetune import run_finetune
 
-    scores = iter([0.5, 0.9, 0.6])
+    scores = iter([0.5, 0.9, 0.6, 0.6])
     monkeypatch.setattr(ev, "evaluate_splits", lambda *a: {"validation": {"accuracy": next(scores)}})
-    summary = run_finetune(_recipe(tiny_model_dir, glue_dir, lora=False, sets=[
+    recipe = _recipe(tiny_model_dir, glue_dir, lora=False, sets=[
         "train.max_steps=6", "train.eval_every=2", "train.save_every=2", "train.keep_last=5",
-        "task.eval_every_epoch=false", "task.keep_best=true"]))
+        "task.eval_every_epoch=false", "task.keep_best=true"])
+    summary = run_finetune(recipe)
     run = summary.run_dir
     assert json.loads((run / "final" / "metrics.json").read_text()) == {"step": 4, "accuracy": 0.9}
     assert summary.metrics == {"accuracy": 0.9, "best_step": 4} and not (run / "best").exists()
@@ -247,6 +247,9 @@ def test_keep_best_puts_the_best_evaluations_weights_in_final(workdir, tiny_mode
         assert all(torch.equal(final[k], ckpt["lm." + k]) for k in final) is same, step
     head = load_file(run / "final" / "clf_head.safetensors")
     assert torch.equal(head["weight"], load_file(run / "step-000004" / "model.safetensors")["clf_head.weight"])
+    # resuming the finished run evaluates again (0.6, no better): final/ keeps step 4's weights
+    assert run_finetune(recipe, resume="auto").metrics == {"accuracy": 0.9, "best_step": 4}
+    assert json.loads((run / "final" / "metrics.json").read_text()) == {"step": 4, "accuracy": 0.9}
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(workdir, tiny_model_dir, glue_dir, monkeypatch):
@@ -302,6 +305,12 @@ def test_cli_finetune_eval_and_ppl_routing(workdir, tiny_model_dir, glue_dir, ca
     monkeypatch.setitem(sys.modules, "gptune.runners.perplexity", fake)
     code, out = _cli(capsys, "eval", "--ppl", "--model", "m", "--data", "d.txt", "--stride", "8", "--json", "o.json")
     assert "('json_path', 'o.json')" in out.out and "('stride', 8)" in out.out
+
+
+def test_eval_of_a_plain_lm_without_a_task_says_to_pass_one(workdir, tiny_model_dir, capsys):
+    code, out = _cli(capsys, "eval", "--model", tiny_model_dir)
+    assert code == 2 and out.err.count("\n") == 1
+    assert f"--model {tiny_model_dir}: not a task model; pass --task" in out.err
 
 
 def test_lora_flag_picks_lora_lr_unless_lr_is_set(workdir, monkeypatch, capsys):

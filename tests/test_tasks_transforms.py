@@ -161,14 +161,16 @@ def test_multiple_choice_one_sequence_per_candidate():
 def test_truncation_trims_longer_segment_first_and_keeps_end():
     a, b = list(range(1, 11)), [50, 51, 52]
     (seq,) = encode_example("entailment", [a, b], IDS, 8)
-    # budget 8 - 3 markers = 5: a shrinks 10 -> 3 (tie with b), then the tie goes against b: a=3, b=2
+    # budget 8 - 3 markers = 5: b (3 tokens) is more than half of it, so b keeps 5 // 2 = 2 and a the other 3
     assert seq == [S, 1, 2, 3, D, 50, 51, E]
     assert len(seq) == 8 and seq[-1] == E
 
 
-def test_truncation_tie_takes_from_later_segment():
-    assert truncate_longest_first([[1, 2, 3], [4, 5, 6]], 5) == [[1, 2, 3], [4, 5]]
+def test_truncation_odd_token_goes_to_the_longer_segment_the_second_on_a_tie():
+    # the rule of the tokenizers library's LongestFirst (tests/test_gpt1_options.py checks it against a tokenizer)
+    assert truncate_longest_first([[1, 2, 3], [4, 5, 6]], 5) == [[1, 2], [4, 5, 6]]
     assert truncate_longest_first([[1, 2, 3], [4, 5, 6]], 4) == [[1, 2], [4, 5]]
+    assert truncate_longest_first([[1, 2, 3, 4], [5, 6, 7]], 5) == [[1, 2, 3], [5, 6]]
 
 
 def test_truncation_never_touches_a_short_segment_while_another_is_longer():
@@ -223,9 +225,8 @@ def test_wrong_segment_count_and_unknown_kind_raise():
 
 
 def test_encode_plain_concatenates_without_markers():
-    assert encode_plain([[1, 2], [3]], None, 10) == [1, 2, 3]
-    assert encode_plain([[1, 2], [3]], 99, 10) == [1, 2, 3, 99]
-    # truncation: longest first, the eos is kept
-    assert encode_plain([list(range(10)), [50, 51]], 99, 5) == [0, 1, 50, 51, 99]
+    assert encode_plain([[1, 2], [3]], 10) == [1, 2, 3]
+    # truncation: longest first, nothing added
+    assert encode_plain([list(range(10)), [50, 51]], 5) == [0, 1, 2, 50, 51]
     with pytest.raises(ValueError, match="too small"):
-        encode_plain([[1], [2]], 99, 2)
+        encode_plain([[1], [2]], 1)

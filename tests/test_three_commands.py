@@ -32,7 +32,10 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 def project(tmp_path, monkeypatch):
     monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
     monkeypatch.setenv("GPTUNE_CACHE", str(tmp_path / "cache"))
+    import huggingface_hub.constants as hc
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)  # what the variable sets when huggingface_hub loads
     monkeypatch.delenv("GPTUNE_GLUE_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "recipes").mkdir()
@@ -77,7 +80,10 @@ def test_pretrain_then_finetune_then_eval_ppl_bare(project, capsys):
 
 def test_nothing_found_messages(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    import huggingface_hub.constants as hc
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)  # what the variable sets when huggingface_hub loads
     monkeypatch.delenv("GPTUNE_GLUE_DIR", raising=False)
     code, _, err = run_cli(capsys, "finetune", "--task", "sst2", "--lora")
     assert code == 2 and "--model" in err

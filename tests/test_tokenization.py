@@ -9,6 +9,7 @@ import pytest
 
 import gptune.tokenization as tokenization
 from conftest import make_text
+from gptune.data.sources import open_source
 from gptune.errors import GptuneError
 from gptune.tokenization import EOS, load_tokenizer, tokenizer_fingerprint
 
@@ -47,9 +48,9 @@ def test_tokenizer_without_eos_gets_one_added_and_says_so(tmp_path, caplog):
 def test_train_then_reuse_without_retraining(tmp_path, monkeypatch):
     (tmp_path / "a.txt").write_text(make_text(500, seed=1))
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": make_text(50, seed=2)}) + "\n")
-    files = [tmp_path / "a.txt", tmp_path / "b.jsonl"]
+    source = open_source(str(tmp_path))  # a .txt book and a table of rows
     run = tmp_path / "run"
-    tok = load_tokenizer("train", run_dir=run, train_files=files, vocab_size=300)
+    tok = load_tokenizer("train", run_dir=run, train_texts=lambda: source.sample(10**9), vocab_size=300)
     assert (run / "tokenizer" / "tokenizer.json").is_file()
     assert [p.name for p in run.iterdir()] == ["tokenizer"]  # the temporary folder was renamed away
     assert 256 < len(tok) <= 300 and tok.eos_token == EOS and tok.pad_token == EOS
@@ -61,16 +62,29 @@ def test_train_then_reuse_without_retraining(tmp_path, monkeypatch):
         raise AssertionError("retrained")
 
     monkeypatch.setattr(tokenization, "train_tokenizer", no_training)
-    again = load_tokenizer("train", run_dir=run, train_files=files, vocab_size=300)
+    again = load_tokenizer("train", run_dir=run, train_texts=lambda: source.sample(10**9), vocab_size=300)
     assert again(sample)["input_ids"] == tok(sample)["input_ids"]
     assert tokenizer_fingerprint(again) == tokenizer_fingerprint(tok)
 
 
-def test_train_needs_files_and_a_run_folder(tmp_path):
+def test_train_needs_text_and_a_run_folder(tmp_path):
     with pytest.raises(GptuneError, match="run folder"):
-        load_tokenizer("train", train_files=[tmp_path / "a.txt"])
-    with pytest.raises(GptuneError, match="no training files"):
-        load_tokenizer("train", run_dir=tmp_path, train_files=[])
+        load_tokenizer("train", train_texts=lambda: [["some text"]])
+    with pytest.raises(GptuneError, match="no training text"):
+        load_tokenizer("train", run_dir=tmp_path)
+
+
+def test_one_load_tokenizer_for_task_models_names_the_flag(tmp_path, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    raw = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    raw.pad_token = None
+    raw.save_pretrained(tmp_path / "final")
+    tok = load_tokenizer(str(tmp_path / "final"), field="--model")
+    assert tok.pad_token_id == tok.eos_token_id  # the EOS/pad guarantee holds on every path
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(GptuneError, match=r"^--model: .*bad is not a tokenizer folder"):
+        load_tokenizer(str(tmp_path / "bad"), field="--model")
 
 
 def test_folder_that_is_not_a_tokenizer_is_named(tmp_path):

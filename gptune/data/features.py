@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from gptune.console import is_main_process
+from gptune.data.cache import entry_dir, entry_key, publish
 from gptune.data.glue import SplitData
 from gptune.errors import GptuneError
 from gptune.tasks import TaskSpec
+from gptune.tokenization import tokenizer_fingerprint
 from gptune.transforms import SpecialIds, encode_example, encode_plain
 
-CACHE_VERSION = 1
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("GPTUNE_CACHE") or Path.home() / ".cache" / "gptune") / "tasks"
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+CACHE_VERSION = 2  # 2: plain inputs as run_glue's (no EOS, one order)
 
 
 def _source_key(split: SplitData) -> str:
@@ -51,12 +43,11 @@ def encode_rows(task: TaskSpec, rows: list[dict], tokenizer, *, style: str, spec
         if style == "gpt1":
             seqs = encode_example(task.kind, segments, special_ids, max_length)
         elif task.kind == "multiple_choice":
-            seqs = [encode_plain([segments[0], a], tokenizer.eos_token_id, max_length) for a in segments[1:]]
-        elif task.kind == "similarity":
-            seqs = [encode_plain(segments, tokenizer.eos_token_id, max_length),
-                    encode_plain(segments[::-1], tokenizer.eos_token_id, max_length)]
-        else:
-            seqs = [encode_plain(segments, tokenizer.eos_token_id, max_length)]
+            seqs = [encode_plain([segments[0], a], max_length) for a in segments[1:]]
+        else:  # run_glue: one sequence, one order (similarity too)
+            seqs = [encode_plain(segments, max_length)]
+        # an input with no text at all still needs a token to pool: EOS
+        seqs = [s or [tokenizer.eos_token_id] for s in seqs]
         label = r["label"]
         if label is None:
             label = float("nan") if task.is_regression else -1
@@ -78,10 +69,9 @@ def encode_split(task: TaskSpec, split: SplitData, tokenizer, *, style: str, spe
     import datasets
 
     datasets.disable_progress_bars()
-    key = hashlib.sha256(json.dumps(
-        [CACHE_VERSION, task.to_dict(), split.split, _source_key(split), tokenizer_fingerprint(tokenizer),
-         style, max_length], sort_keys=True, default=str).encode()).hexdigest()[:20]
-    path = cache_root(cache_dir) / f"{task.name}-{split.split}-{key}"
+    key = entry_key([CACHE_VERSION, task.to_dict(), split.split, _source_key(split), tokenizer_fingerprint(tokenizer),
+                     style, max_length], length=20)
+    path = entry_dir("tasks", f"{task.name}-{split.split}-{key}", cache_dir)
     with first() if first is not None else contextlib.nullcontext():
         if (path / "dataset_info.json").exists():
             try:
@@ -94,11 +84,6 @@ def encode_split(task: TaskSpec, split: SplitData, tokenizer, *, style: str, spe
         except ValueError as e:  # max_length too small for the markers
             raise GptuneError(f"task.max_length: {e}") from None
         ds = datasets.Dataset.from_dict(columns)
-        if not os.environ.get("RANK") or os.environ.get("RANK") == "0":
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            try:
-                ds.save_to_disk(str(tmp))
-                os.replace(tmp, path)
-            except OSError:
-                pass  # caching is an optimisation: a read-only cache folder still trains
+        if is_main_process():  # caching is an optimisation: a read-only cache folder still trains
+            publish(path, lambda tmp: ds.save_to_disk(str(tmp)))
         return ds, False

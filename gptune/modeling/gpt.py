@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.models.openai.modeling_openai import Attention as _OpenAIGPTAttention
 
 from gptune.config import ModelConfig
 from gptune.errors import GptuneError, first_line
@@ -56,7 +57,7 @@ def build_causal_lm(mcfg: ModelConfig, tokenizer) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
         config = random_config(mcfg, len(tokenizer), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id)
-        model = AutoModelForCausalLM.from_config(config)
+        model = use_sdpa_attention(AutoModelForCausalLM.from_config(config))
     fit_tokenizer(model, tokenizer, source=mcfg.name_or_path or "the random config")
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -80,8 +81,8 @@ def load_pretrained_lm(spec: str, *, trust_remote_code: bool = False, field: str
             raise GptuneError(f"{field}: {spec} is not a model folder (no config.json); "
                               "pass a folder written by save_pretrained, e.g. runs/<name>/final")
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path) if local else spec,
-                                                    trust_remote_code=trust_remote_code)
+        return use_sdpa_attention(AutoModelForCausalLM.from_pretrained(str(path) if local else spec,
+                                                                       trust_remote_code=trust_remote_code))
     except OSError as e:
         if not local:
             raise GptuneError(f"{field}: cannot load '{spec}' from the Hugging Face hub "
@@ -184,6 +185,37 @@ def use_fused_gelu(model: nn.Module) -> int:
                 setattr(module, name, GELUTanh())
                 swapped += 1
     return swapped
+
+
+class SdpaOpenAIGPTAttention(_OpenAIGPTAttention):
+    """OpenAI-GPT attention through ``F.scaled_dot_product_attention``. The eager code adds -1e4 above the
+    diagonal and the model's (B, 1, 1, T) additive padding mask (0, or the dtype's minimum where a key is
+    padding); both become one boolean mask here (or SDPA's own causal mask when nothing is padded)."""
+
+    def forward(self, x, attention_mask=None, output_attentions=False):
+        if output_attentions:  # the attention weights themselves were asked for: only the eager path has them
+            return super().forward(x, attention_mask, output_attentions)
+        q, k, v = (self.split_heads(t) for t in self.c_attn(x).split(self.split_size, dim=2))  # (B, H, T, D)
+        t = q.size(-2)
+        mask = None
+        if attention_mask is not None:
+            mask = (attention_mask == 0) & self.bias[:, :, :t, :t].bool()  # (B, 1, T, T): key readable
+        a = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None,
+            dropout_p=self.attn_dropout.p if self.training else 0.0, scale=None if self.scale else 1.0)
+        return [self.resid_dropout(self.c_proj(self.merge_heads(a)))]  # (B, T, C)
+
+
+def use_sdpa_attention(model: nn.Module) -> nn.Module:
+    """Swap OpenAI-GPT's attention modules for ``SdpaOpenAIGPTAttention`` in place (other models are
+    returned unchanged). transformers 5.24 gives OpenAI-GPT only its eager attention -- explicit (T x T)
+    scores, mask arithmetic, softmax -- with no ``attn_implementation`` choice; same weights, same outputs
+    to float rounding (tests/test_openai_gpt.py); a GPT-1-size attention layer at 512 tokens takes ~0.8x
+    the eager time, forward + backward (benchmarks/openai_gpt.py, NOTES.md)."""
+    for module in model.modules():
+        if type(module) is _OpenAIGPTAttention:
+            module.__class__ = SdpaOpenAIGPTAttention
+    return model
 
 
 class LMWithLoss(nn.Module):

@@ -37,17 +37,21 @@ def add_task_tokens(tokenizer) -> SpecialIds:
     return SpecialIds(start=start, delim=delim, extract=extract)
 
 
-def init_new_rows(lm: nn.Module, n_old: int) -> None:
-    """New embedding rows (indices >= n_old): the mean of the old rows plus small seeded noise.
-    Deterministic, so rebuilding the base model for a saved adapter gives the very same rows."""
+def init_new_rows(lm: nn.Module, n_old: int, mode: str = "mean") -> None:
+    """New embedding rows (indices >= n_old). ``mean``: the mean of the old rows plus small seeded noise;
+    ``normal``: seeded N(0, 0.02), GPT-1's init (``task.new_token_init``). Deterministic, so rebuilding
+    the base model for a saved adapter gives the very same rows."""
     emb = lm.get_input_embeddings().weight
     if emb.shape[0] <= n_old:
         return
     with torch.no_grad():
         g = torch.Generator().manual_seed(NEW_ROWS_SEED)
+        noise = torch.randn(emb.shape[0] - n_old, emb.shape[1], generator=g)  # (new, C)
+        if mode == "normal":
+            emb[n_old:] = (noise * 0.02).to(emb.dtype)
+            return
         old = emb[:n_old].float()
-        noise = torch.randn(emb.shape[0] - n_old, emb.shape[1], generator=g) * old.std() * 0.1
-        emb[n_old:] = (old.mean(0, keepdim=True) + noise).to(emb.dtype)
+        emb[n_old:] = (old.mean(0, keepdim=True) + noise * old.std() * 0.1).to(emb.dtype)
 
 
 def head_weight(lm: nn.Module) -> torch.Tensor:
@@ -77,13 +81,15 @@ class GPT1TaskModel(nn.Module):
     (B, num_labels) or (B, K) for multiple choice, and, when the batch has labels, ``loss``,
     ``task_loss`` and ``lm_loss``."""
 
-    def __init__(self, lm: nn.Module, task: TaskSpec, *, lm_coef: float = 0.5, clf_dropout: float = 0.1):
+    def __init__(self, lm: nn.Module, task: TaskSpec, *, lm_coef: float = 0.5, clf_dropout: float = 0.1,
+                 lm_loss_mean: str = "sequence"):
         super().__init__()
         self.lm = lm
         use_fused_gelu(lm)
         self.kind = task.kind
         self.regression = task.is_regression
         self.lm_coef = lm_coef
+        self.lm_loss_mean = lm_loss_mean
         width = lm.get_input_embeddings().weight.shape[1]
         self.clf_dropout = nn.Dropout(clf_dropout)
         # a unique name: PEFT matches modules_to_save by suffix ("head" would also match lm_head)
@@ -116,7 +122,8 @@ class GPT1TaskModel(nn.Module):
         l_lm = None
         if self.lm_coef > 0:
             weight = head_weight(self.lm)
-            l_lm, _ = causal_lm_loss(hidden, weight, flat_ids, flat_mask, grad_rows=head_grad_rows(self.lm, weight))
+            l_lm, _ = causal_lm_loss(hidden, weight, flat_ids, flat_mask, grad_rows=head_grad_rows(self.lm, weight),
+                                     mean=self.lm_loss_mean)
             out["lm_loss"] = l_lm.detach()
         out["loss"] = combined_loss(l_task, l_lm, self.lm_coef)
         return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptune.config import Recipe
-from gptune.errors import GptuneError, first_line
+from gptune.errors import GptuneError
 from gptune.tasks import TaskSpec
 from gptune.transforms import SpecialIds
 
@@ -80,18 +80,8 @@ def check_model_folder(spec: str, flag: str = "--model") -> None:
                           "pass a folder written by gptune, e.g. runs/<name>/final")
 
 
-def load_tokenizer(spec: str, flag: str = "--model"):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(spec)
-    except (OSError, ValueError) as e:
-        first = first_line(e)
-        raise GptuneError(f"{flag} {spec}: cannot load its tokenizer ({first}); save the tokenizer next to the "
-                          "model or set model.tokenizer") from None
-
-
-def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = False, dropout: float | None = None):
+def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = False, dropout: float | None = None,
+                 new_token_init: str = "mean"):
     """The base LM with embeddings grown for the GPT-1 markers, new rows initialised deterministically."""
     from transformers.utils import logging as hf_logging
 
@@ -105,7 +95,7 @@ def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = F
         set_dropout(lm, dropout)
     n_old = lm.get_input_embeddings().weight.shape[0]
     fit_tokenizer(lm, tokenizer, source=spec)
-    init_new_rows(lm, n_old)
+    init_new_rows(lm, n_old, new_token_init)
     return lm
 
 
@@ -116,7 +106,8 @@ def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: Spe
     from gptune.modeling.lora import apply_lora
 
     lm = prepare_base(recipe.model.name_or_path, tokenizer, flag="--model",
-                      trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout)
+                      trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout,
+                      new_token_init=recipe.task.new_token_init)
     if recipe.model.transfer_layers is not None:
         reinit_blocks_above(lm, recipe.model.transfer_layers)
     if recipe.model.gradient_checkpointing:
@@ -124,7 +115,8 @@ def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: Spe
     if recipe.lora.enabled:
         new_ids = [] if special_ids is None else [special_ids.start, special_ids.delim, special_ids.extract]
         lm = apply_lora(lm, recipe.lora, new_ids)
-    model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout)
+    model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout,
+                          lm_loss_mean=recipe.task.lm_loss_mean)
     return model
 
 
@@ -194,6 +186,7 @@ def load_task_model(folder: str | Path, *, flag: str = "--model", base_model: st
     from safetensors.torch import load_file
 
     from gptune.modeling.heads import GPT1TaskModel
+    from gptune.tokenization import load_tokenizer
 
     folder = Path(folder).expanduser()
     check_model_folder(str(folder), flag)
@@ -204,7 +197,7 @@ def load_task_model(folder: str | Path, *, flag: str = "--model", base_model: st
     head = folder / HEAD_FILE
     if not head.is_file():
         raise GptuneError(f"{flag} {folder}: missing {HEAD_FILE} (the task head weights)")
-    tokenizer = load_tokenizer(str(folder), flag)
+    tokenizer = load_tokenizer(str(folder), field=flag)
     if info.lora:
         from peft import PeftModel
 

@@ -117,18 +117,26 @@ def task_step(model, batch) -> StepOutput:
 
 
 def fit_max_length(recipe: Recipe, spec: str) -> Recipe:
-    """A task.max_length beyond the model's context is lowered to it (and said), before anything is tokenized."""
+    """``task.max_length`` absent: the model's context (GPT-1's choice); beyond the context: lowered to it
+    (and said). Settled before anything is tokenized."""
     from transformers import AutoConfig
 
     from gptune.modeling.gpt import context_length
 
+    wanted = recipe.task.max_length
     try:
         ctx = context_length(AutoConfig.from_pretrained(spec, trust_remote_code=recipe.model.trust_remote_code))
     except (OSError, ValueError):
-        return recipe  # an adapter folder or unreachable hub id: checked again once the model is built
-    if ctx is None or recipe.task.max_length <= ctx:
+        ctx = None  # an adapter folder: checked again once the model is built
+    if ctx is None:
+        if wanted is None:
+            raise GptuneError(f"task.max_length: the context length of {spec} cannot be read from its config; "
+                              "set task.max_length")
         return recipe
-    say(f"  task.max_length {recipe.task.max_length} lowered to the model's context ({ctx})")
+    if wanted is not None and wanted <= ctx:
+        return recipe
+    if wanted is not None:
+        say(f"  task.max_length {wanted} lowered to the model's context ({ctx})")
     return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=ctx))
 
 
@@ -140,7 +148,8 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     from gptune.evaluation.glue import evaluate_splits, flat_metrics
     from gptune.modeling.gpt import context_length, count_parameters, set_threads
     from gptune.modeling.heads import add_task_tokens
-    from gptune.modeling.task_io import build_task_model, check_model_folder, load_tokenizer
+    from gptune.modeling.task_io import build_task_model, check_model_folder
+    from gptune.tokenization import load_tokenizer
 
     t0 = time.perf_counter()
     set_threads()
@@ -157,7 +166,8 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     recipe = fit_max_length(recipe, spec)
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
-    tokenizer = load_tokenizer(recipe.model.tokenizer or spec)
+    tokenizer = load_tokenizer(recipe.model.tokenizer or spec,
+                               field="model.tokenizer" if recipe.model.tokenizer else "--model")
     special_ids = add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
     data = load_task_data(recipe, task, tokenizer, special_ids, accelerator)
     model = build_task_model(recipe, task, tokenizer, special_ids)

@@ -47,8 +47,8 @@ def load_lm_for_ppl(spec: str, base_model: str | None = None):
 def run_validation_text(recipe: dict, tokenizer) -> tuple[str, str]:
     """(text, description) of a run's own validation data, read from its recipe.yaml.
 
-    Pretraining: ``data.val_path`` when set, else the held-out validation blocks decoded and joined
-    as documents. Fine-tuning: the task's dev split texts, one document per example.
+    Pretraining: ``data.val_path`` when set, else the held-out validation text (``validation_text``).
+    Fine-tuning: the task's dev split texts, one document per example.
     """
     task = (recipe.get("task") or {}).get("name")
     if task:
@@ -67,18 +67,13 @@ def run_validation_text(recipe: dict, tokenizer) -> tuple[str, str]:
         from gptune.data.eval_text import load_eval_text
 
         return load_eval_text(data["val_path"]), str(data["val_path"])
-    from gptune.data.text import build_lm_data
+    from gptune.data.prepare import prepare_lm_data, validation_text
+    from gptune.recipes import build_recipe
 
-    lm = build_lm_data(data.get("path", "data/books"), tokenizer, int(data.get("block_size", 256)),
-                       text_column=data.get("text_column", "text"), val_fraction=float(data.get("val_fraction", 0.01)),
-                       num_proc=int(data.get("num_proc", 1)), max_tokens=data.get("max_tokens"),
-                       seed=int(recipe.get("seed", 0)), cache_dir=data.get("cache_dir"),
-                       fallback_encoding=data.get("fallback_encoding"), progress=False)
-    if lm.val is None or not len(lm.val):
-        raise GptuneError("eval --ppl: the run has no validation split (data.val_fraction=0); pass --data FILE")
-    blocks = [lm.val[i]["input_ids"].tolist() for i in range(len(lm.val))]
-    texts = tokenizer.batch_decode(blocks)
-    return "\n\n".join(texts), f"validation split of {data.get('path')} ({len(blocks)} blocks)"
+    # a run from before data.val_split held out random blocks: read its recipe as it was trained
+    r = build_recipe({**recipe, "data": {"val_split": "blocks", **data}})
+    lm = prepare_lm_data(r.data, tokenizer, seed=r.seed, progress=False)
+    return validation_text(lm, tokenizer), f"validation split of {r.data.path} ({r.data.val_split})"
 
 
 def prefix_token_id(tokenizer) -> int:

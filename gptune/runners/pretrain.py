@@ -19,7 +19,7 @@ from gptune.training.run import RunSummary, finish, open_run, prepare_training, 
 def ensure_corpus(recipe: Recipe, accelerator) -> None:
     """``data.download_books``: fill a missing ``data.path`` from the hub (main process only)."""
     if recipe.data.download_books and not Path(recipe.data.path).exists():
-        from gptune.data.text import ensure_books
+        from gptune.data.books import ensure_books
 
         with accelerator.main_process_first():
             if accelerator.is_main_process:
@@ -27,24 +27,12 @@ def ensure_corpus(recipe: Recipe, accelerator) -> None:
                 ensure_books(Path(recipe.data.path))
 
 
-def load_tokenizer_for(recipe: Recipe, run_dir: Path):
-    from gptune.data.text import discover_files
-    from gptune.tokenization import load_tokenizer
-
-    spec = recipe.model.tokenizer or recipe.model.name_or_path
-    files = discover_files(recipe.data.path) if spec == "train" else None
-    return load_tokenizer(spec, run_dir=run_dir, train_files=files, vocab_size=recipe.model.vocab_size,
-                          trust_remote_code=recipe.model.trust_remote_code)
-
-
 def load_lm_data(recipe: Recipe, tokenizer, accelerator):
-    from gptune.data.text import build_lm_data
+    """The memory-mapped token shards; the main process prepares them when missing while the others poll
+    for them (no barrier: a long preparation cannot hit a collective timeout)."""
+    from gptune.data.prepare import prepare_lm_data
 
-    d = recipe.data
-    return build_lm_data(d.path, tokenizer, d.block_size, text_column=d.text_column, val_path=d.val_path,
-                         val_fraction=d.val_fraction, num_proc=d.num_proc, max_tokens=d.max_tokens,
-                         seed=recipe.seed, cache_dir=d.cache_dir,
-                         fallback_encoding=d.fallback_encoding, first=accelerator.main_process_first)
+    return prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed, main=accelerator.is_main_process)
 
 
 def build_loaders(recipe: Recipe, data):
@@ -97,13 +85,14 @@ def evaluate_lm(accelerator, model, loader, max_batches: int | None) -> dict:
 
 
 def sliding_window_val(accelerator, model, data, tokenizer, block_size: int) -> dict:
-    """The ``eval --ppl`` measure on the validation blocks (decoded, joined as documents) with windows of
-    block_size and stride block_size / 2 (``gptune eval --ppl --max-length B --stride B/2`` gives the same)."""
+    """The ``eval --ppl`` measure on the validation text (``validation_text``: with ``data.val_split`` tail or
+    documents, contiguous held-out text) with windows of block_size and stride block_size / 2
+    (``gptune eval --ppl --max-length B --stride B/2`` on the run gives the same)."""
     from gptune.data.eval_text import encode_text
+    from gptune.data.prepare import validation_text
     from gptune.evaluation.perplexity import perplexity_report, sliding_window_nll
 
-    blocks = [data.val[i]["input_ids"].tolist() for i in range(len(data.val))]
-    text = "\n\n".join(tokenizer.batch_decode(blocks))
+    text = validation_text(data, tokenizer)
     lm = accelerator.unwrap_model(model).lm
     result = sliding_window_nll(lm, encode_text(tokenizer, text), max_length=block_size, stride=block_size // 2,
                                 accelerator=accelerator if accelerator.num_processes > 1 else None)
@@ -135,6 +124,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
                  command: str = "gptune pretrain") -> RunSummary:
     from accelerate.utils import set_seed
 
+    from gptune.data.prepare import load_pretrain_tokenizer
     from gptune.modeling.gpt import LMWithLoss, build_causal_lm, context_length, count_parameters, set_threads
 
     t0 = time.perf_counter()
@@ -143,13 +133,13 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     set_seed(recipe.seed)
     ensure_corpus(recipe, accelerator)
     with accelerator.main_process_first():  # the main process trains/saves the tokenizer, the others reuse it
-        tokenizer = load_tokenizer_for(recipe, run_dir)
-    data = load_lm_data(recipe, tokenizer, accelerator)
+        tokenizer = load_pretrain_tokenizer(recipe, run_dir)
     lm = build_causal_lm(recipe.model, tokenizer)
     context = context_length(lm.config)
     if context is not None and recipe.data.block_size > context:
         raise GptuneError(f"data.block_size={recipe.data.block_size} is larger than the model's context "
                           f"({context}); lower it or raise model.config.n_positions")
+    data = load_lm_data(recipe, tokenizer, accelerator)
     model = LMWithLoss(lm)
     if recipe.train.compile:
         model = torch.compile(model)
@@ -158,6 +148,8 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     say(f"  {count_parameters(lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} train / "
         f"{len(data.val) if data.val is not None else 0} validation blocks of {recipe.data.block_size}"
         f"{' (cached)' if data.stats.cached else ''}")
+    if not data.stats.cached:
+        say("  " + data.stats.summary(data.folder))
     if data.stats.dropped_tokens:
         say(f"  packing dropped the final partial block: {data.stats.dropped_tokens} tokens")
     train_loader, val_loader = build_loaders(recipe, data)

@@ -227,9 +227,11 @@ class Checkpointer:
         are read with ``weights_only=True``: a checkpoint can hold data, never code that runs."""
         saved = read_state(ckpt)
         here = self.accelerator.num_processes
-        if saved.processes and saved.processes != here:
-            raise GptuneError(f"--resume {ckpt}: the checkpoint was written by {saved.processes} process(es) and "
-                              f"this run has {here}; resume with --num-processes {saved.processes} (the data "
+        # older checkpoints do not say: save_state wrote one random_states_<rank>.pkl per process
+        wrote = saved.processes or len(list(Path(ckpt).glob("random_states_*.pkl")))
+        if wrote and wrote != here:
+            raise GptuneError(f"--resume {ckpt}: the checkpoint was written by {wrote} process(es) and "
+                              f"this run has {here}; resume with --num-processes {wrote} (the data "
                               "position and random states are per process)")
         try:
             self.accelerator.load_state(str(ckpt))
