@@ -34,6 +34,8 @@ ResumeOpt = Annotated[str | None, typer.Option(help="Continue a run: 'auto' (lat
                                                      "folder) or a checkpoint / run folder path.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing run in the output folder.")]
 OutDirOpt = Annotated[str | None, typer.Option("--out-dir", help="Run folder (default runs/<recipe name>).")]
+PushOpt = Annotated[str | None, typer.Option("--push-to-hub", help="Upload final/ with its model card to this "
+                                                                 "hub repo (owner/name) when training ends; checked first.")]
 ProcsOpt = Annotated[int | None, typer.Option("--num-processes", help="Start N processes through "
                                                                        "accelerate launch (same as accelerate launch -m gptune ...); "
                                                                        "with --num-machines: all machines together.")]
@@ -95,6 +97,7 @@ def pretrain(
     out_dir: OutDirOpt = None,
     overwrite: OverwriteOpt = False,
     max_steps: Annotated[int | None, typer.Option(help="Shortcut for --set train.max_steps=N.")] = None,
+    push_to_hub: PushOpt = None,
     num_processes: ProcsOpt = None,
     num_machines: MachinesOpt = 1,
     machine_rank: MachineRankOpt = 0,
@@ -106,9 +109,11 @@ def pretrain(
     from gptune.recipes import load_recipe
 
     r = load_recipe(recipe, {"out_dir": out_dir, "train.max_steps": max_steps}, set_)
+    _check_push(push_to_hub)
     from gptune.runners.pretrain import run_pretrain
 
-    run_pretrain(r, resume=resume, overwrite=overwrite, command=f"gptune pretrain {r.run_dir}/recipe.yaml")
+    summary = run_pretrain(r, resume=resume, overwrite=overwrite, command=f"gptune pretrain {r.run_dir}/recipe.yaml")
+    _push(summary, push_to_hub)
 
 
 @app.command()
@@ -159,6 +164,8 @@ def plot(
 
 TaskOpt = Annotated[str | None, typer.Option("--task", help="GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli) "
                                                                  "or a custom task's name.")]
+BaseModelOpt = Annotated[str | None, typer.Option("--base-model", help="A LoRA task model's base model folder "
+                                                                     "(default: the one recorded in its task.json).")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="GLUE data in the glue_data layout (DIR/SST-2/"
                                                                    "train.tsv); else $GPTUNE_GLUE_DIR, ./glue_data, the hub.")]
 
@@ -178,6 +185,7 @@ def finetune(
     overwrite: OverwriteOpt = False,
     merge: Annotated[bool, typer.Option("--merge", help="Also write final/merged: the LoRA folded into a full model.")] = False,
     seed: Annotated[int | None, typer.Option(help="Seed (head init, data order, dropout).")] = None,
+    push_to_hub: PushOpt = None,
     num_processes: ProcsOpt = None,
     num_machines: MachinesOpt = 1,
     machine_rank: MachineRankOpt = 0,
@@ -198,7 +206,43 @@ def finetune(
     flags = {"task.name": task, "lora.enabled": lora, "model.name_or_path": model, "task.data_dir": data_dir,
              "out_dir": out_dir, "seed": seed, "lora.merge": True if merge else None}
     r = build_recipe(raw, flags, sets, source=str(recipe or DEFAULT_RECIPE))
-    run_finetune(r, resume=resume, overwrite=overwrite, command=_command_line())
+    _check_push(push_to_hub)
+    summary = run_finetune(r, resume=resume, overwrite=overwrite, command=_command_line())
+    _push(summary, push_to_hub)
+
+
+def _check_push(repo_id: str | None) -> None:
+    if repo_id is not None:
+        from gptune.hub import check_push
+
+        check_push(repo_id)
+
+
+def _push(summary, repo_id: str | None) -> None:
+    """After training: upload the run's final/ (main process) when --push-to-hub was given."""
+    from gptune.console import is_main_process, say
+
+    if repo_id is not None and is_main_process():
+        from gptune.hub import push_final
+
+        say(f"pushed {summary.final_dir} to {push_final(summary.final_dir, repo_id)}")
+
+
+@app.command()
+def push(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (or its final/).")],
+    repo_id: Annotated[str, typer.Argument(help="Hub repo id, owner/name (created when missing).")],
+    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
+) -> None:
+    """Upload a run's final/ with its model card (README.md) to the Hugging Face Hub."""
+    from gptune.hub import check_push, find_final
+
+    final = find_final(run)
+    check_push(repo_id, flag="push")
+    from gptune.console import say
+    from gptune.hub import push_final
+
+    say(f"pushed {final} to {push_final(final, repo_id, private=private)}")
 
 
 @app.command("eval")
@@ -217,6 +261,10 @@ def eval_(
     stride: Annotated[int | None, typer.Option(help="--ppl: window stride.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="--ppl: windows per forward pass.")] = None,
     json_path: Annotated[str | None, typer.Option("--json", help="--ppl: also write the result to this JSON file.")] = None,
+    prepend_eos: Annotated[bool, typer.Option("--prepend-eos", help="--ppl: lm-eval's convention: prepend EOS "
+                                                                    "(BOS if any) so the first token is scored; windows "
+                                                                    "predict max_length tokens after one of context.")] = False,
+    base_model: BaseModelOpt = None,
     num_processes: ProcsOpt = None,
     num_machines: MachinesOpt = 1,
     machine_rank: MachineRankOpt = 0,
@@ -232,7 +280,7 @@ def eval_(
         from gptune.runners.perplexity import run_ppl_eval
 
         run_ppl_eval(model=model, data=data, max_length=max_length, stride=stride, batch_size=batch_size,
-                     json_path=json_path)
+                     json_path=json_path, prepend_eos=prepend_eos, base_model=base_model)
         return
     if glue:
         from gptune.runners.finetune import run_glue_eval
@@ -251,7 +299,7 @@ def eval_(
         model = str(finetune_for_eval(task, model, data_dir, lora=True).final_dir)
     from gptune.runners.evaluate import run_task_eval
 
-    run_task_eval(model, task=task, data_dir=data_dir, split=split)
+    run_task_eval(model, task=task, data_dir=data_dir, split=split, base_model=base_model)
 
 
 @app.command()
@@ -261,11 +309,12 @@ def predict(
     data_dir: DataDirOpt = None,
     split: Annotated[str, typer.Option(help="Split to label (test, validation, ...).")] = "test",
     out: Annotated[str | None, typer.Option(help="Output TSV (default MODEL/predictions-<task>-<split>.tsv).")] = None,
+    base_model: BaseModelOpt = None,
 ) -> None:
     """Label a split with a task model: a GLUE-submission TSV (index, prediction)."""
     from gptune.runners.evaluate import run_predict
 
-    run_predict(model, task=task, data_dir=data_dir, split=split, out=out)
+    run_predict(model, task=task, data_dir=data_dir, split=split, out=out, base_model=base_model)
 
 
 def _model_or_default(model: str | None) -> str:

@@ -133,6 +133,11 @@ class DataConfig:
             yield "max_tokens", f"must be > 0, got {self.max_tokens}"
 
 
+# Accelerate's trackers -> the module each needs (the pip package has the same name, comet_ml: comet-ml).
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim",
+            "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive"}
+
+
 @dataclass
 class TrainConfig:
     """Optimisation: one Accelerate loop for pretraining and fine-tuning."""
@@ -186,8 +191,11 @@ class TrainConfig:
     """Keep this many step checkpoints; older ones are deleted."""
     log_every: int = 10
     """Log loss, lr and tokens/s every N optimizer steps (reading the loss syncs the device)."""
-    tracker: Literal["none", "tensorboard"] = "none"
-    """Experiment tracker through Accelerate, logging into the run folder."""
+    tracker: list[str] = field(default_factory=list)
+    """Experiment trackers through Accelerate (logging dir: the run folder's logs/): any of tensorboard,
+    wandb, mlflow, aim, comet_ml, clearml, dvclive, several at once (a list or ``tensorboard,mlflow``);
+    empty or ``none``: metrics.jsonl only. They get every metrics.jsonl event (train loss, lr, gradient
+    norm; validation loss/perplexity; task metrics) at the same step."""
     skip_nonfinite: int = 0
     """Skip up to N optimizer steps whose loss is NaN/inf on any process before stopping the run (0: stop
     at the first). All processes skip or stop together; a skipped step's batches are not retried."""
@@ -198,7 +206,15 @@ class TrainConfig:
     """DataLoader worker processes per training process (absent: 0 on CPU, 2 on CUDA, where batches are
     also pinned for fast copies to the GPU)."""
 
+    @property
+    def trackers(self) -> list[str]:
+        """``tracker`` without ``none``."""
+        return [t for t in self.tracker if t != "none"]
+
     def _checks(self):
+        unknown = [t for t in self.tracker if t not in TRACKERS and t != "none"]
+        if unknown:
+            yield "tracker", f"unknown tracker {', '.join(unknown)}; choose from none, {', '.join(TRACKERS)}"
         if self.max_steps is not None and self.max_steps <= 0:
             yield "max_steps", f"must be > 0, got {self.max_steps}"
         if self.epochs is not None and self.epochs <= 0:
@@ -254,6 +270,11 @@ class LoraConfig:
     """Modules that get adapters (GPT-2 and GPT-1 names; both use Conv1D, so fan_in_fan_out is set)."""
     merge: bool = False
     """Also write a merged full model to ``final/merged``."""
+    save_embeddings: bool = False
+    """Save the whole input-embedding matrix (new token rows included) in the adapter instead of PEFT's
+    trainable-token rows: the adapter grows by vocabulary x width floats (GPT-1: ~124 MB), but no wrapper
+    sits on the embedding, so lm-evaluation-harness's ``peft=`` loading (which re-ties the embeddings)
+    works."""
     lr: float | None = None
     """Peak learning rate when LoRA is on (replaces ``train.lr``; absent: ``train.lr``). Adapters
     start at zero and need a larger rate than full fine-tuning."""

@@ -77,10 +77,12 @@ def make_byte_progress() -> Progress:
 
 
 class MetricsWriter:
-    """Appends one JSON object per event to ``metrics.jsonl`` (main process only)."""
+    """Appends one JSON object per event to ``metrics.jsonl`` (main process only), and hands its numbers to
+    ``log(values, step=)`` (e.g. ``accelerator.log``, the experiment trackers) as ``event/key`` at the same step."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, log=None):
         self.path = path if is_main_process() else None
+        self.log = log
         self._fh = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +98,10 @@ class MetricsWriter:
             record[k] = v
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
+        numbers = {f"{event}/{k}": v for k, v in values.items() if k != "step" and isinstance(v, int | float)
+                   and not isinstance(v, bool)}
+        if self.log is not None and numbers and "step" in values:
+            self.log(numbers, step=values["step"])
 
     def close(self) -> None:
         if self._fh is not None:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from gptune.config import TaskConfig
 
 KINDS = ("classification", "entailment", "similarity", "multiple_choice")
-# Metrics `gptune.evaluation.metrics` implements (names = keys of the `evaluate` "glue" metric where
+# Metrics `gptune/evaluation/glue_metric.py` implements (names = keys of the `evaluate` "glue" metric where
 # it has them). f1 is binary F1 with labels[1] as the positive class; f1_macro is for >2 labels.
 CLASS_METRICS = ("accuracy", "f1", "f1_macro", "matthews_correlation")
 REGRESSION_METRICS = ("pearson", "spearmanr")

@@ -154,6 +154,48 @@ def sst2_dir(tmp_path_factory):
     return root
 
 
+GLUE_WORDS = "the a cat dog sat on mat ran to house big small red blue saw old man woman king tree".split()
+
+
+def glue_sentence(rng, word):
+    """A few random words with ``word`` somewhere among them (what makes the fixture tasks learnable)."""
+    words = [rng.choice(GLUE_WORDS) for _ in range(rng.randint(3, 8))]
+    words.insert(rng.randint(0, len(words)), word)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory):
+    """glue_data layout: SST-2 (learnable: 'good' -> 1, 'bad' -> 0, with a test split) and RTE."""
+    root = tmp_path_factory.mktemp("glue_data")
+    rng = random.Random(0)
+    sst = root / "SST-2"
+    sst.mkdir()
+    for name, n in (("train", 96), ("dev", 24)):
+        rows = [(glue_sentence(rng, w), str(int(w == "good"))) for w in ["good", "bad"] * (n // 2)]
+        (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
+    (sst / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{glue_sentence(rng, 'good')}\n" for i in range(10)))
+    rte = root / "RTE"
+    rte.mkdir()
+    for name, n in (("train", 32), ("dev", 12)):
+        lines = [f"{i}\t{glue_sentence(rng, 'cat')}\t{glue_sentence(rng, 'dog')}\t{rng.choice(['entailment', 'not_entailment'])}"
+                 for i in range(n)]
+        (rte / f"{name}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(lines) + "\n")
+    return str(root)
+
+
+def finetune_recipe(model, data_dir, *, task="sst2", lora=True, sets=()):
+    """A fast fine-tuning recipe on the fixture data (no dropout, tiny batches, no periodic checkpoint)."""
+    from gptune.recipes import build_recipe, read_recipe_file
+    from gptune.runners.finetune import DEFAULT_RECIPE
+
+    base = ["train.micro_batch_size=8", "train.global_batch_size=16", "task.max_length=40", "train.log_every=1",
+            "train.save_every=0", "model.config.dropout=0.0", "task.clf_dropout=0.0"]
+    return build_recipe(read_recipe_file(DEFAULT_RECIPE),
+                        {"task.name": task, "model.name_or_path": model, "task.data_dir": data_dir,
+                         "lora.enabled": lora}, [*base, *sets])
+
+
 def guide_loop(model, input_ids, max_length: int, stride: int) -> tuple[float, int]:
     """(summed NLL, tokens scored): the Hugging Face guide "Perplexity of fixed-length models" loop
     (batch 1, the model's own loss), counting the labels the loss averaged over after the shift: an

@@ -14,15 +14,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from conftest import finetune_recipe as _recipe
+from conftest import glue_sentence as _sentence
 from gptune.cli import main
-from gptune.config import LoraConfig
 from gptune.data.collate import LengthGroupedSampler, TaskCollator
 from gptune.data.features import encode_rows
 from gptune.errors import GptuneError
 from gptune.recipes import build_recipe, read_recipe_file
 from gptune.tasks import custom_task, get_task
-
-WORDS = "the a cat dog sat on mat ran to house big small red blue saw old man woman king tree".split()
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -36,32 +35,6 @@ def tok(tiny_tokenizer_dir):
     return t, add_task_tokens(t)
 
 
-def _sentence(rng, word):
-    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
-    words.insert(rng.randint(0, len(words)), word)
-    return " ".join(words)
-
-
-@pytest.fixture(scope="session")
-def glue_dir(tmp_path_factory):
-    """glue_data layout: SST-2 (learnable: 'good' -> 1, 'bad' -> 0, with a test split) and RTE."""
-    root = tmp_path_factory.mktemp("glue_data")
-    rng = random.Random(0)
-    sst = root / "SST-2"
-    sst.mkdir()
-    for name, n in (("train", 96), ("dev", 24)):
-        rows = [(_sentence(rng, w), str(int(w == "good"))) for w in ["good", "bad"] * (n // 2)]
-        (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
-    (sst / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{_sentence(rng, 'good')}\n" for i in range(10)))
-    rte = root / "RTE"
-    rte.mkdir()
-    for name, n in (("train", 32), ("dev", 12)):
-        lines = [f"{i}\t{_sentence(rng, 'cat')}\t{_sentence(rng, 'dog')}\t{rng.choice(['entailment', 'not_entailment'])}"
-                 for i in range(n)]
-        (rte / f"{name}.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "\n".join(lines) + "\n")
-    return str(root)
-
-
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -69,16 +42,6 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")
     monkeypatch.delenv("GPTUNE_GLUE_DIR", raising=False)
     return tmp_path
-
-
-def _recipe(model, data_dir, *, task="sst2", lora=True, sets=()):
-    from gptune.runners.finetune import DEFAULT_RECIPE
-
-    base = ["train.micro_batch_size=8", "train.global_batch_size=16", "task.max_length=40", "train.log_every=1",
-            "train.save_every=0", "model.config.dropout=0.0", "task.clf_dropout=0.0"]
-    return build_recipe(read_recipe_file(DEFAULT_RECIPE),
-                        {"task.name": task, "model.name_or_path": model, "task.data_dir": data_dir,
-                         "lora.enabled": lora}, [*base, *sets])
 
 
 def _task_model(model_dir, task, tokenizer, lm_coef=0.5):
@@ -168,26 +131,29 @@ def test_multiple_choice_softmax_over_candidates_and_lm_coef_zero(tok, tiny_mode
 
 # ----------------------------------------------------------------------------- LoRA
 def test_lora_trainable_set_is_exact_and_gradients_reach_head_and_new_rows(tok, tiny_model_dir):
-    from gptune.modeling.lora import apply_lora
+    from gptune.modeling.task_io import build_task_model
 
     tokenizer, special_ids = tok
     task = get_task("rte")
-    model = apply_lora(_task_model(tiny_model_dir, task, tokenizer), LoraConfig(), [special_ids.start, special_ids.delim, special_ids.extract])
-    pre = "base_model.model."
-    expected = {f"{pre}clf_head.modules_to_save.default.weight", f"{pre}clf_head.modules_to_save.default.bias",
-                f"{pre}lm.transformer.wte.token_adapter.trainable_tokens_delta.default"}
+    recipe = build_recipe({"model": {"name_or_path": tiny_model_dir, "config": {"dropout": 0.0}},
+                           "task": {"name": "rte", "clf_dropout": 0.0}, "lora": {"enabled": True},
+                           "train": {"max_steps": 1}})
+    model = build_task_model(recipe, task, tokenizer, special_ids)
+    pre = "lm.base_model.model."  # the adapter sits on the bare LM; the head beside it, outside PEFT
+    expected = {"clf_head.weight", "clf_head.bias", f"{pre}transformer.wte.token_adapter.trainable_tokens_delta.default"}
     for layer in range(2):
         for mod in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
             for ab in ("A", "B"):
-                expected.add(f"{pre}lm.transformer.h.{layer}.{mod}.lora_{ab}.default.weight")
+                expected.add(f"{pre}transformer.h.{layer}.{mod}.lora_{ab}.default.weight")
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+    assert model.lm.peft_config["default"].task_type == "CAUSAL_LM"
     model.train()
     batch = _batch(task, [{"sentence1": "the cat", "sentence2": "a dog", "label": 0, "idx": 0}], tokenizer, special_ids)
     model(**batch)["loss"].backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert set(grads) <= expected
-    assert grads[f"{pre}clf_head.modules_to_save.default.weight"].abs().sum() > 0
-    delta = grads[f"{pre}lm.transformer.wte.token_adapter.trainable_tokens_delta.default"]
+    assert grads["clf_head.weight"].abs().sum() > 0
+    delta = grads[f"{pre}transformer.wte.token_adapter.trainable_tokens_delta.default"]
     assert delta.shape == (3, 32) and (delta.abs().sum(-1) > 0).all()  # every new token row learns
 
 
@@ -385,7 +351,7 @@ def test_bad_input_is_one_line_exit_2(case, workdir, tiny_model_dir, capsys):
         final = workdir / "final"
         final.mkdir()
         (final / "config.json").write_text("{}")
-        (final / "task.json").write_text(json.dumps({"format": 1, "task": get_task("rte").to_dict(),
+        (final / "task.json").write_text(json.dumps({"format": 2, "task": get_task("rte").to_dict(),
                                                      "input_style": "gpt1", "max_length": 40, "base_model": "x",
                                                      "lora": True, "special_ids": None}))
         args = ["eval", "--task", "sst2", "--model", str(final)]

@@ -1,116 +1,73 @@
-"""Metrics equal sklearn/scipy and the `evaluate` glue script's formulas; the GLUE average rule."""
+"""GLUE metrics against values worked out by hand (confusion matrices, closed-form correlations) and
+published examples, through the local ``evaluate`` module gptune scores with; the GLUE average rule."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from gptune.evaluation.metrics import compute_metrics, glue_average, paper_scores, task_score
-from gptune.tasks import GLUE_TASKS, custom_task, get_task
+from gptune.evaluation.metrics import METRIC_MODULE, compute_metrics, glue_average, load_metric, task_score
+from gptune.tasks import GLUE_TASKS, METRICS, custom_task, get_task
 
-
-def evaluate_glue_reference(config_name, predictions, references):
-    """Same formulas, keys and input casting as huggingface/evaluate metrics/glue/glue.py `_compute`
-    (features int64, float32 for stsb; `format="numpy"`)."""
-    dtype = np.float32 if config_name == "stsb" else np.int64
-    predictions, references = np.asarray(predictions, dtype=dtype), np.asarray(references, dtype=dtype)
-    if config_name == "cola":
-        return {"matthews_correlation": matthews_corrcoef(references, predictions)}
-    if config_name == "stsb":
-        return {
-            "pearson": float(pearsonr(predictions, references)[0]),
-            "spearmanr": float(spearmanr(predictions, references)[0]),
-        }
-    if config_name in ("mrpc", "qqp"):
-        return {
-            "accuracy": float((predictions == references).mean()),
-            "f1": float(f1_score(y_true=references, y_pred=predictions)),
-        }
-    return {"accuracy": float((predictions == references).mean())}
+# one binary case, four cells: TP 3 (rows 0, 4, 6), FP 2 (1, 7), FN 1 (3), TN 2 (2, 5)
+PREDS = [1, 1, 0, 0, 1, 0, 1, 1]
+REFS = [1, 0, 0, 1, 1, 0, 1, 0]
 
 
-def random_case(task, n=200, seed=0):
-    rng = np.random.default_rng(seed)
-    if task.is_regression:
-        refs = rng.uniform(0, 5, n)
-        return (refs + rng.normal(0, 1.5, n)).tolist(), refs.tolist()
-    k = len(task.labels)
-    refs = rng.integers(0, k, n)
-    preds = np.where(rng.random(n) < 0.6, refs, rng.integers(0, k, n))  # better than chance
-    return preds.tolist(), refs.tolist()
+def test_binary_confusion_matrix_by_hand():
+    got = compute_metrics(get_task("mrpc"), PREDS, REFS)
+    assert got["accuracy"] == pytest.approx(5 / 8)  # (TP + TN) / n
+    assert got["f1"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))  # 2TP / (2TP + FP + FN) = 2/3
+    assert set(got) == {"accuracy", "f1"}
+    # Matthews: (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (6 - 2) / sqrt(5*4*4*3)
+    assert compute_metrics(get_task("cola"), PREDS, REFS) == {"matthews_correlation": pytest.approx(4 / math.sqrt(240))}
+    assert compute_metrics(get_task("qqp"), PREDS, REFS) == got
 
 
-@pytest.mark.parametrize("name", sorted(GLUE_TASKS))
-def test_matches_evaluate_glue_formulas_keys_and_values(name):
-    task = get_task(name)
-    preds, refs = random_case(task, seed=len(name))
-    ours = compute_metrics(task, preds, refs)
-    ref = evaluate_glue_reference(task.hub_name, preds, refs)
-    assert set(ours) == set(ref)
-    for key in ref:
-        assert ours[key] == ref[key], key  # same calls, same casting: bit-identical
-        assert isinstance(ours[key], float)
+def test_published_examples():
+    # scikit-learn's matthews_corrcoef docstring: y_true [+1, +1, +1, -1], y_pred [+1, -1, +1, +1] -> -0.33...
+    assert compute_metrics(get_task("cola"), [1, 0, 1, 1], [1, 1, 1, 0])["matthews_correlation"] == pytest.approx(-1 / 3)
+    # scikit-learn's f1_score docstring: macro F1 of y_true [0, 1, 2, 0, 1, 2], y_pred [0, 2, 1, 0, 0, 1] -> 0.26...
+    topics = custom_task("topics", "classification", ["t"], "y", ["a", "b", "c"], {}, metrics=["accuracy", "f1_macro"])
+    got = compute_metrics(topics, [0, 2, 1, 0, 0, 1], [0, 1, 2, 0, 1, 2])
+    assert got == {"accuracy": pytest.approx(2 / 6), "f1_macro": pytest.approx(0.8 / 3)}  # class F1s 0.8, 0, 0
+    # the hub glue metric's examples: perfect predictions score 1
+    assert compute_metrics(get_task("mrpc"), [0, 1], [0, 1]) == {"accuracy": 1.0, "f1": 1.0}
+    assert compute_metrics(get_task("stsb"), [0.0, 1, 2, 3, 4, 5], [0.0, 1, 2, 3, 4, 5]) == {
+        "pearson": pytest.approx(1.0), "spearmanr": pytest.approx(1.0)}
 
 
-def test_values_equal_sklearn_scipy_directly():
-    preds, refs = random_case(get_task("mrpc"), seed=3)
-    got = compute_metrics(get_task("mrpc"), preds, refs)
-    assert got["accuracy"] == pytest.approx(accuracy_score(refs, preds))
-    assert got["f1"] == pytest.approx(f1_score(refs, preds))
-    preds, refs = random_case(get_task("cola"), seed=4)
-    assert compute_metrics(get_task("cola"), preds, refs)["matthews_correlation"] == pytest.approx(
-        matthews_corrcoef(refs, preds)
-    )
-    preds, refs = random_case(get_task("stsb"), seed=5)
-    got = compute_metrics(get_task("stsb"), preds, refs)
-    assert got["pearson"] == pytest.approx(pearsonr(preds, refs)[0], abs=1e-6)
-    assert got["spearmanr"] == pytest.approx(spearmanr(preds, refs)[0], abs=1e-6)
+def test_correlations_in_closed_form():
+    # x = 1..4, y = x^2: deviations (-1.5, -.5, .5, 1.5) and (-6.5, -3.5, 1.5, 8.5): r = 25 / sqrt(5 * 129);
+    # the ranks agree exactly, so Spearman is 1
+    got = compute_metrics(get_task("stsb"), [1.0, 2.0, 3.0, 4.0], [1.0, 4.0, 9.0, 16.0])
+    assert got["pearson"] == pytest.approx(25 / math.sqrt(645), rel=1e-6)
+    assert got["spearmanr"] == pytest.approx(1.0)
+    # y = (1, 3, 2): r = 1 / 2 and, the values being their own ranks, Spearman too
+    got = compute_metrics(get_task("stsb"), [1.0, 2.0, 3.0], [1.0, 3.0, 2.0])
+    assert (got["pearson"], got["spearmanr"]) == (pytest.approx(0.5, rel=1e-6), pytest.approx(0.5, rel=1e-6))
 
 
-def test_f1_positive_class_is_label_index_one():
-    # all-zero predictions: accuracy 0.5 but F1 of class 1 ("equivalent") is 0
-    got = compute_metrics(get_task("mrpc"), [0, 0, 0, 0], [0, 1, 0, 1])
-    assert got == {"accuracy": 0.5, "f1": 0.0}
-
-
-def test_custom_task_uses_its_metrics():
-    task = custom_task(
-        "topics", "classification", ["t"], "y", ["a", "b", "c"], {}, metrics=["accuracy", "f1_macro"]
-    )
-    preds, refs = [0, 1, 2, 2, 1], [0, 1, 1, 2, 2]
-    got = compute_metrics(task, preds, refs)
-    assert got == {
-        "accuracy": pytest.approx(0.6),
-        "f1_macro": pytest.approx(f1_score(refs, preds, average="macro")),
-    }
-
-
-def test_length_mismatch_and_empty_raise():
-    with pytest.raises(ValueError, match="2 predictions for 3 references"):
-        compute_metrics(get_task("sst2"), [0, 1], [0, 1, 1])
-    with pytest.raises(ValueError, match="no predictions"):
-        compute_metrics(get_task("sst2"), [], [])
-
-
-def test_glue_average_rule():
+def test_mnli_matched_mismatched_and_glue_average():
+    mnli = get_task("mnli")
+    matched = compute_metrics(mnli, [0, 1, 2, 2], [0, 1, 2, 0])  # 3 of 4
+    mismatched = compute_metrics(mnli, [0, 0, 1, 2], [0, 1, 1, 0])  # 2 of 4
+    assert (matched, mismatched) == ({"accuracy": 0.75}, {"accuracy": 0.5})
     results = {
+        "mnli": {"validation_matched": matched, "validation_mismatched": mismatched},  # task score 0.625
+        "mrpc": compute_metrics(get_task("mrpc"), PREDS, REFS),  # (5/8 + 2/3) / 2 = 31/48
         "cola": {"matthews_correlation": 0.40},
-        "mrpc": {"f1": 0.80, "accuracy": 0.70},  # task score 0.75
         "stsb": {"pearson": 0.90, "spearmanr": 0.80},  # 0.85
-        "mnli": {  # mean of matched / mismatched: 0.80
-            "validation_matched": {"accuracy": 0.82},
-            "validation_mismatched": {"accuracy": 0.78},
-        },
     }
-    assert task_score(results["mnli"]) == pytest.approx(0.80)
-    assert glue_average(results) == pytest.approx(100 * (0.40 + 0.75 + 0.85 + 0.80) / 4)
+    assert task_score(results["mnli"]) == pytest.approx(0.625)
+    assert task_score(results["mrpc"]) == pytest.approx(31 / 48)
+    assert glue_average(results) == pytest.approx(100 * (0.625 + 31 / 48 + 0.40 + 0.85) / 4)
 
 
 def test_glue_average_of_paper_numbers_reproduces_paper_table():
+    from gptune.evaluation.metrics import paper_scores
+
     # GPT-1 Table 4 lists the per-task scores used here; the leaderboard averages MRPC/QQP F1 with
     # accuracy, which the paper does not print, so only a hand-computed check on what it does print.
     scores = paper_scores()
@@ -120,7 +77,33 @@ def test_glue_average_of_paper_numbers_reproduces_paper_table():
     assert glue_average(per_task) == pytest.approx(expected)
 
 
-def test_constant_predictions_give_nan_correlation_like_scipy():
+def test_an_evaluate_metric_loadable_by_path_and_combinable():
+    import evaluate
+
+    metric = evaluate.load(str(METRIC_MODULE), "mrpc", keep_in_memory=True)
+    assert isinstance(metric, evaluate.Metric) and isinstance(load_metric("mrpc"), evaluate.Metric)
+    combined = evaluate.combine([metric])
+    assert combined.compute(predictions=PREDS, references=REFS) == compute_metrics(get_task("mrpc"), PREDS, REFS)
+    with pytest.raises(KeyError, match="unknown config 'bleu'"):
+        evaluate.load(str(METRIC_MODULE), "bleu")
+
+
+def test_every_task_metric_is_in_the_module():
+    from gptune.evaluation.glue_metric import _FUNCTIONS, TASK_METRICS
+
+    assert set(METRICS) == set(_FUNCTIONS)
+    for name, task in GLUE_TASKS.items():
+        assert set(TASK_METRICS[task.hub_name]) == set(task.metrics), name
+
+
+def test_length_mismatch_and_empty_raise():
+    with pytest.raises(ValueError, match="2 predictions for 3 references"):
+        compute_metrics(get_task("sst2"), [0, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match="no predictions"):
+        compute_metrics(get_task("sst2"), [], [])
+
+
+def test_constant_predictions_give_nan_correlation():
     with pytest.warns(Warning):
         got = compute_metrics(get_task("stsb"), [1.0, 1.0, 1.0], [0.0, 2.0, 4.0])
     assert math.isnan(got["pearson"])

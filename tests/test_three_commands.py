@@ -63,7 +63,9 @@ def test_pretrain_then_finetune_then_eval_ppl_bare(project, capsys):
     assert "runs/books/final" in first and "glue_data" in first and "runs/finetune/sst2-lora" in first
     final = project / "runs" / "finetune" / "sst2-lora" / "final"
     info = json.loads((final / "task.json").read_text())
-    assert info["base_model"].endswith("runs/books/final") and info["lora"] is True
+    assert info["base_model"] == "../../../books/final" and info["lora"] is True  # relative: the tree can move
+    adapter = json.loads((final / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "runs/books/final" and adapter["task_type"] == "CAUSAL_LM"
 
     code, out, err = run_cli(capsys, "eval", "--ppl")
     assert code == 0, err

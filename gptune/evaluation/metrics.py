@@ -1,20 +1,39 @@
-"""Official GLUE metric definitions, computed locally (scikit-learn / scipy, no hub download).
+"""GLUE scores: each task's metrics through the local ``evaluate`` module ``glue_metric.py`` (no hub
+download), and the GLUE-style averages over tasks and MNLI's two dev sets.
 
-`compute_metrics` returns exactly what the `evaluate` "glue" metric returns for a GLUE task
-(huggingface/evaluate metrics/glue/glue.py): same keys, same library calls, and the same input
-casting (that script declares int64 features, float32 for stsb), so numbers match to the last bit.
-Values are fractions in [0, 1] (correlations in [-1, 1]); `glue_average` reports x100.
+`compute_metrics` returns what the hub's ``glue`` metric returns for a GLUE task: same keys and
+values. Values are fractions in [0, 1] (correlations in [-1, 1]); `glue_average` reports x100.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 from gptune.tasks import GLUE_TASKS, TaskSpec
+
+METRIC_MODULE = Path(__file__).with_name("glue_metric.py")
+"""``evaluate.load(str(METRIC_MODULE), config_name)`` gives the ``evaluate.Metric`` gptune scores with."""
+
+
+def metric_config(task: TaskSpec) -> str:
+    """The metric module's config for a task: the GLUE name when its metrics are GLUE's, else the metric list."""
+    from gptune.evaluation.glue_metric import TASK_METRICS
+
+    if set(TASK_METRICS.get(task.hub_name, ())) == set(task.metrics):
+        return task.hub_name
+    return ",".join(task.metrics)
+
+
+@functools.cache
+def load_metric(config_name: str):
+    """The ``evaluate.Metric`` of one config, loaded once per process (in memory: no cache files)."""
+    import evaluate
+
+    return evaluate.load(str(METRIC_MODULE), config_name, keep_in_memory=True)
 
 
 def compute_metrics(task: TaskSpec, predictions: Sequence, references: Sequence) -> dict[str, float]:
@@ -23,21 +42,8 @@ def compute_metrics(task: TaskSpec, predictions: Sequence, references: Sequence)
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if len(references) == 0:
         raise ValueError("no predictions to score")
-    dtype = np.float32 if task.is_regression else np.int64
-    preds = np.asarray(predictions, dtype=dtype)
-    refs = np.asarray(references, dtype=dtype)
-    return {name: float(_METRICS[name](preds, refs)) for name in task.metrics}
-
-
-# Argument order follows the evaluate glue script (sklearn: y_true first; scipy: predictions first).
-_METRICS = {
-    "accuracy": lambda p, r: (p == r).mean(),
-    "f1": lambda p, r: f1_score(y_true=r, y_pred=p),
-    "f1_macro": lambda p, r: f1_score(y_true=r, y_pred=p, average="macro"),
-    "matthews_correlation": lambda p, r: matthews_corrcoef(r, p),
-    "pearson": lambda p, r: pearsonr(p, r)[0],
-    "spearmanr": lambda p, r: spearmanr(p, r)[0],
-}
+    out = load_metric(metric_config(task)).compute(predictions=list(predictions), references=list(references))
+    return {k: out[k] for k in task.metrics}
 
 
 def task_score(metrics: Mapping[str, float | Mapping[str, float]]) -> float:

@@ -8,11 +8,16 @@ the text, and with ``stride == max_length`` the first token of every chunk.
 
 The result is exact: the sum of per-token NLLs divided by the number of tokens scored. (The guide's
 code weights each window's mean loss by ``valid labels - 1``, which is right for the first window only.)
+
+``prefix_token`` switches to lm-evaluation-harness's ``loglikelihood_rolling`` windows instead: the
+token is prepended so the first token of the text is scored too, and each window predicts
+``max_length`` tokens (the last one: the rest of the text) from ``max_length`` fed tokens.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +37,8 @@ _ROWWISE_CHUNK = 128
 
 @dataclass(frozen=True)
 class Window:
-    """One forward pass: tokens ``[begin, end)`` are fed, tokens ``[score_begin, end)`` are scored."""
+    """One forward pass over tokens ``[begin, end)``: tokens ``[score_begin, end)`` are scored. The last
+    token is only a target, so ``[begin, end - 1)`` is what the model is fed."""
 
     begin: int
     end: int
@@ -62,6 +68,10 @@ class NllResult:
     """Wall time of the scoring loop, including the final device sync."""
     max_length: int
     stride: int
+    prefix_token: int | None = None
+    """Token prepended to the text (lm-eval's rolling windows), or None (the guide's windows)."""
+    text_tokens: int = 0
+    """Tokens in the text (without the prefix); ``text_tokens - tokens`` were never scored."""
 
     @property
     def mean_nll(self) -> float:
@@ -120,6 +130,19 @@ def plan_windows(n_tokens: int, max_length: int, stride: int) -> list[Window]:
     return windows
 
 
+def plan_rolling_windows(n_tokens: int, max_length: int) -> list[Window]:
+    """lm-eval's ``get_rolling_token_windows(context_len=1)`` + ``make_disjoint_window`` over a sequence
+    whose token 0 is the prefix: every other token is scored once; the first window predicts
+    ``max_length`` tokens from the prefix on, each later one ``max_length`` tokens after one token of
+    context, and the last (the remainder) from a full ``max_length``-token input."""
+    windows = [Window(0, min(max_length + 1, n_tokens), 1)]
+    while windows[-1].end < n_tokens:
+        start = windows[-1].end
+        end = min(start + max_length, n_tokens)
+        windows.append(Window(end - max_length - 1, end, start))
+    return windows
+
+
 # --------------------------------------------------------------------------------------------- scoring
 
 
@@ -132,6 +155,7 @@ def sliding_window_nll(
     batch_size: int = 8,
     accelerator: Any = None,
     progress: Callable[[int], None] | None = None,
+    prefix_token: int | None = None,
 ) -> NllResult:
     """Sum the NLL of every token of ``input_ids`` (1-D, the whole text) under the guide's sliding windows.
 
@@ -142,6 +166,7 @@ def sliding_window_nll(
     ``model``: a causal LM, a PEFT model, or a ``modeling.gpt.LMWithLoss`` as prepared by Accelerate
     (wrapped: its forward is called, so FSDP2/ZeRO-3 shards are gathered as in training).
     ``progress(k)`` is called after each batch with the number of windows it finished (this process).
+    ``prefix_token``: prepend it and use lm-eval's rolling windows (``stride`` is then ``max_length``).
     """
     import torch
 
@@ -154,9 +179,15 @@ def sliding_window_nll(
     if batch_size < 1:
         raise GptuneError(f"batch_size must be >= 1, got {batch_size}")
     inner = accelerator.unwrap_model(model) if accelerator is not None else model
-    max_length, stride = resolve_windowing(inner.config, max_length, stride)
-
-    windows = plan_windows(input_ids.numel(), max_length, stride)
+    text_tokens = input_ids.numel()
+    if prefix_token is None:
+        max_length, stride = resolve_windowing(inner.config, max_length, stride)
+        windows = plan_windows(input_ids.numel(), max_length, stride)
+    else:
+        max_length = resolve_windowing(inner.config, max_length)[0]
+        stride = max_length
+        input_ids = torch.cat([input_ids.new_tensor([prefix_token]), input_ids])
+        windows = plan_rolling_windows(input_ids.numel(), max_length)
     rank, world = (
         (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     )
@@ -195,6 +226,8 @@ def sliding_window_nll(
         seconds=time.perf_counter() - start,
         max_length=max_length,
         stride=stride,
+        prefix_token=prefix_token,
+        text_tokens=text_tokens,
     )
 
 
@@ -258,12 +291,12 @@ class _Scorer:
 
         from gptune.losses import IGNORE_INDEX
 
-        length = batch[0].length
+        length = max(batch[0].length - 1, 1)  # the last token of a window is only a target
         starts = torch.tensor([w.begin for w in batch], device=ids.device)
         inputs = ids[starts[:, None] + torch.arange(length, device=ids.device)]  # (B, T)
         # flat row of the position that predicts each scored token: window b, position t - begin - 1
         rows = torch.cat(
-            [torch.arange(w.score_begin - w.begin - 1, length - 1) + b * length for b, w in enumerate(batch)]
+            [torch.arange(w.score_begin - w.begin - 1, w.length - 1) + b * length for b, w in enumerate(batch)]
         ).to(ids.device)  # (N,)
         targets = torch.cat([ids[w.score_begin : w.end] for w in batch])  # (N,)
         if self.split:
@@ -310,14 +343,17 @@ def _unwrap_peft(model: Any) -> Any:
 
 
 def perplexity_report(result: NllResult, text: str, tokenizer: Any = None) -> dict[str, Any]:
-    """Every number needed to compare with other tools, and the windowing that produced them.
+    r"""Every number needed to compare with other tools, and the windowing that produced them.
 
     ``bits_per_byte = nll_sum / (ln 2 * utf-8 bytes)`` and ``word_perplexity = exp(nll_sum / words)``
-    (words = whitespace-separated, lm-eval's definition) are per text unit, so they compare across
-    tokenizers; ``perplexity`` does not.
+    (words = ``len(re.split(r"\s+", text))``, lm-eval's count, edge empties included) are per text unit,
+    so they compare across tokenizers; ``perplexity`` does not. Bytes and words are those of the whole
+    text, while the guide's windows leave ``unscored_tokens`` out of ``nll_sum`` (the first token; with
+    ``stride == max_length`` the first of every window): both measures are then slightly low. With a
+    prefix token (lm-eval's convention) every token is scored and the division is exact.
     """
     n_bytes = len(text.encode("utf-8"))
-    n_words = len(text.split())
+    n_words = len(re.split(r"\s+", text)) if text.strip() else 0
     if n_bytes == 0 or n_words == 0:
         raise GptuneError("the evaluation text is empty: no bytes or words to normalise by")
     report = {
@@ -327,11 +363,13 @@ def perplexity_report(result: NllResult, text: str, tokenizer: Any = None) -> di
         "bits_per_byte": result.nll_sum / (math.log(2) * n_bytes),
         "word_perplexity": math.exp(result.nll_sum / n_words),
         "tokens": result.tokens,
+        "unscored_tokens": max(0, result.text_tokens - result.tokens),
         "bytes": n_bytes,
         "words": n_words,
         "max_length": result.max_length,
         "stride": result.stride,
         "windows": result.windows,
+        "windowing": "guide" if result.prefix_token is None else "lm-eval rolling (prefix token)",
         "seconds": result.seconds,
         "tokens_per_second": result.tokens_per_second,
     }

@@ -39,7 +39,8 @@ def _same_task(info, task_name: str | None, model: str) -> None:
                           f"pass --task {info.task.name} or a model fine-tuned on {wanted}")
 
 
-def _split_loaders(model_dir: str, task_name: str | None, data_dir: str | None, splits: tuple[str, ...] | None):
+def _split_loaders(model_dir: str, task_name: str | None, data_dir: str | None, splits: tuple[str, ...] | None,
+                   base_model: str | None = None):
     """Rebuild model + tokenizer + data loaders for ``splits`` from the model folder alone."""
     from accelerate import Accelerator
 
@@ -49,7 +50,7 @@ def _split_loaders(model_dir: str, task_name: str | None, data_dir: str | None, 
     check_model_folder(model_dir)
     if is_task_model(model_dir):  # refuse a task mismatch before loading any weights
         _same_task(TaskModelInfo.read(Path(model_dir)), task_name, model_dir)
-    model, tokenizer, info = load_task_model(model_dir)
+    model, tokenizer, info = load_task_model(model_dir, base_model=base_model)
     recipe = _eval_recipe(info, data_dir)
     acc = Accelerator()
     data = load_task_data(recipe, info.task, tokenizer, info.special_ids, acc, train_split=False,
@@ -61,13 +62,14 @@ def _split_loaders(model_dir: str, task_name: str | None, data_dir: str | None, 
 
 
 def run_task_eval(model_dir: str, *, task: str | None = None, data_dir: str | None = None,
-                  split: str | None = None) -> dict:
+                  split: str | None = None, base_model: str | None = None) -> dict:
     """{split: metrics} of a fine-tuned task model on its eval split(s) (or ``split``)."""
     from gptune.evaluation.glue import predict
     from gptune.evaluation.metrics import compute_metrics
 
     say(f"eval: model {model_dir} | data {data_dir or 'the task defaults (--data-dir, $GPTUNE_GLUE_DIR, ./glue_data, hub)'}")
-    acc, model, info, data, loaders = _split_loaders(model_dir, task, data_dir, (split,) if split else None)
+    acc, model, info, data, loaders = _split_loaders(model_dir, task, data_dir, (split,) if split else None,
+                                                      base_model)
     results = {}
     for name, loader in loaders.items():
         preds, refs, _ = predict(acc, model, loader, info.task)
@@ -95,11 +97,11 @@ def _print_results(task: TaskSpec, results: dict) -> None:
 
 
 def run_predict(model_dir: str, *, task: str | None = None, data_dir: str | None = None, split: str = "test",
-                out: str | None = None) -> Path:
+                out: str | None = None, base_model: str | None = None) -> Path:
     """Label a split and write a GLUE-submission TSV (index, prediction)."""
     from gptune.evaluation.glue import predict, write_submission
 
-    acc, model, info, data, loaders = _split_loaders(model_dir, task, data_dir, (split,))
+    acc, model, info, data, loaders = _split_loaders(model_dir, task, data_dir, (split,), base_model)
     preds, _, rows = predict(acc, model, loaders[split], info.task)
     indices = data.evals[split]["idx"]
     path = Path(out) if out else Path(model_dir) / f"predictions-{info.task.name}-{split}.tsv"

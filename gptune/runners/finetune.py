@@ -222,6 +222,10 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
                                 {"step": state.step, **final_metrics},
                                 merge=recipe.lora.merge if merge is None else merge)
     metrics.close()
+    if accelerator.is_main_process:
+        from gptune.plot import write_curves
+
+        write_curves(run_dir)
     finish(accelerator)
     summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
     summary_table(f"finetune {task.name} ({mode}) finished", summary.rows())
@@ -229,8 +233,7 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
 
 
 def _lm_config(model):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.lm.config
+    return model.lm.config  # under LoRA a PeftModel, which forwards .config to the LM
 
 
 def _data_where(task: TaskSpec, data_dir: str | None) -> str:
@@ -246,7 +249,7 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
                     recipe_yaml: str, metrics: dict, *, merge: bool = False, name: str = "final") -> Path:
     """``final/``: adapter or full model + tokenizer + task.json + metrics.json + recipe.yaml
     (``final/merged``: the LoRA folded in). Written to a temporary folder, then renamed."""
-    from gptune.modeling.task_io import TaskModelInfo, base_reference, merge_lora, save_task_model
+    from gptune.modeling.task_io import TaskModelInfo, merge_lora, save_task_model
 
     final = run_dir / name
     accelerator.wait_for_everyone()
@@ -254,10 +257,10 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
     state_dict = accelerator.get_state_dict(model)  # every process: FSDP/ZeRO-3 gather the shards here
     if accelerator.is_main_process:
         info = TaskModelInfo(task, recipe.task.input_style, recipe.task.max_length,
-                             base_reference(recipe.model.name_or_path), recipe.lora.enabled, special_ids)
+                             recipe.model.name_or_path, recipe.lora.enabled, special_ids)
 
         def write(tmp: Path) -> None:
-            save_task_model(inner, state_dict, tokenizer, info, tmp)
+            save_task_model(inner, state_dict, tokenizer, info, tmp, embeddings=recipe.lora.save_embeddings)
             if merge and recipe.lora.enabled:
                 merge_lora(tmp, tmp / "merged")
 

@@ -12,7 +12,7 @@ from gptune.errors import GptuneError
 from gptune.training.checkpoint import newest_final
 
 
-def load_lm_for_ppl(spec: str):
+def load_lm_for_ppl(spec: str, base_model: str | None = None):
     """(causal LM in eval mode, tokenizer, recipe dict or None) for a model folder, a gptune run's
     ``final/`` (a fine-tuned task model: its LM, with any LoRA merged in), a PEFT adapter, or a hub id."""
     from transformers import AutoTokenizer
@@ -25,10 +25,9 @@ def load_lm_for_ppl(spec: str):
     if is_local(spec) and (path / "recipe.yaml").is_file():
         recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
     if is_local(spec) and is_task_model(path):
-        model, tokenizer, info = load_task_model(path)
-        if info.lora:
-            model = model.merge_and_unload()
-        return model.lm.eval(), tokenizer, recipe
+        model, tokenizer, info = load_task_model(path, base_model=base_model)
+        lm = model.lm.merge_and_unload() if info.lora else model.lm
+        return lm.eval(), tokenizer, recipe
     if is_local(spec) and (path / "adapter_config.json").is_file():
         try:
             from peft import AutoPeftModelForCausalLM
@@ -77,8 +76,17 @@ def run_validation_text(recipe: dict, tokenizer) -> tuple[str, str]:
     return validation_text(lm, tokenizer), f"validation split of {r.data.path} ({r.data.val_split})"
 
 
+def prefix_token_id(tokenizer) -> int:
+    """The token lm-eval prepends for rolling log-likelihoods: BOS, else EOS."""
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    raise GptuneError("--prepend-eos: the tokenizer has neither a BOS nor an EOS token to prepend")
+
+
 def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_length: int | None = None,
-                 stride: int | None = None, batch_size: int | None = None, json_path: str | None = None) -> dict:
+                 stride: int | None = None, batch_size: int | None = None, json_path: str | None = None,
+                 prepend_eos: bool = False, base_model: str | None = None) -> dict:
     from gptune.data.eval_text import encode_text, load_eval_text
     from gptune.evaluation.perplexity import (
         perplexity_report,
@@ -93,7 +101,7 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
         if found is None:
             raise GptuneError("eval --ppl: no runs/*/final in this folder; pass --model DIR (or a hub id)")
         model = str(found)
-    lm, tokenizer, recipe = load_lm_for_ppl(model)
+    lm, tokenizer, recipe = load_lm_for_ppl(model, base_model)
     if data is None:
         if recipe is None:
             raise GptuneError(f"eval --ppl: {model} is not a gptune run folder, so it has no validation split; "
@@ -101,13 +109,19 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
         text, where = run_validation_text(recipe, tokenizer)
     else:
         text, where = load_eval_text(data), data
-    max_length, stride = resolve_windowing(lm.config, max_length, stride)
-    say(f"eval --ppl: model {model} | data {where} | max_length {max_length}, stride {stride}")
+    if prepend_eos and stride is not None:
+        raise GptuneError("--stride: not used with --prepend-eos (lm-eval's windows: each predicts max_length "
+                          "tokens after one token of context); drop one of the two")
+    prefix = prefix_token_id(tokenizer) if prepend_eos else None
+    max_length, stride = resolve_windowing(lm.config, max_length, max_length if prepend_eos else stride)
+    say(f"eval --ppl: model {model} | data {where} | max_length {max_length}, "
+        + ("lm-eval rolling windows (EOS prepended)" if prepend_eos else f"stride {stride}"))
     accelerator = _accelerator()
     lm = lm.to(accelerator.device)
     ids = encode_text(tokenizer, text)
     result = sliding_window_nll(lm, ids, max_length=max_length, stride=stride, batch_size=batch_size or 8,
-                                accelerator=accelerator if accelerator.num_processes > 1 else None)
+                                accelerator=accelerator if accelerator.num_processes > 1 else None,
+                                prefix_token=prefix)
     report = perplexity_report(result, text, tokenizer)
     report.update(model=model, data=where)
     summary_table("perplexity", {k: report[k] for k in (

@@ -150,8 +150,8 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     # GPT LM heads share their weight with the token embedding; Accelerate warns on every save.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     kwargs = {}
-    if cfg.tracker != "none" and run_dir is not None:
-        kwargs = dict(log_with=cfg.tracker, project_config=ProjectConfiguration(project_dir=str(run_dir),
+    if cfg.trackers and run_dir is not None:
+        kwargs = dict(log_with=cfg.trackers, project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                                 logging_dir=str(run_dir / "logs")))
     if cfg.mixed_precision is not None:
         kwargs["mixed_precision"] = cfg.mixed_precision
@@ -248,6 +248,7 @@ def train(
     model.train()
     step_acc, window = _Sums(acc.device), _Sums(acc.device)
     last_saved: tuple[int, Path | None] = (-1, None)
+    grad_norm = None
     progress = make_progress()
     with StopFlag() as stop, progress:
         bar = progress.add_task(description, total=total, completed=state.step, info="")
@@ -274,7 +275,7 @@ def train(
                         signum, nan, inf = agree(acc, step_acc.flags(stop.signum))
                         if not (nan or inf):
                             if cfg.grad_clip > 0:
-                                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                             optimizer.step()
                             scheduler.step()
                     optimizer.zero_grad(set_to_none=True)  # under accumulation a no-op until the step ends
@@ -289,9 +290,9 @@ def train(
                     progress.update(bar, completed=state.step)
                     if state.step % cfg.log_every == 0 or state.step == total:
                         logged = _log(acc, state, window, scheduler)
-                        metrics.write("train", step=state.step, **logged)
-                        if cfg.tracker != "none":
-                            acc.log({f"train/{k}": v for k, v in logged.items()}, step=state.step)
+                        if grad_norm is not None:
+                            logged["grad_norm"] = float(grad_norm)  # of this optimizer step, before clipping
+                        metrics.write("train", step=state.step, **logged)  # and to the trackers
                         progress.update(bar, info=f"loss {logged['loss']:.4f} lr {logged['lr']:.2e} "
                                                   f"{logged['tokens_per_s']:,.0f} tok/s")
                         window = _Sums(acc.device)

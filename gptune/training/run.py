@@ -43,9 +43,23 @@ def recipe_header(command: str) -> str:
     return f"# resolved recipe, written by gptune; replay with:\n#   {command}\n"
 
 
+def check_trackers(names: list[str]) -> None:
+    """Every ``train.tracker`` importable, before any work: else one line naming what to install."""
+    import importlib.util
+
+    from gptune.config import TRACKERS
+    from gptune.errors import GptuneError
+
+    missing = [n for n in names if importlib.util.find_spec(TRACKERS[n]) is None]
+    if missing:
+        pip = " ".join(TRACKERS[n].replace("_", "-") for n in missing)
+        raise GptuneError(f"train.tracker: {', '.join(missing)} needs its package; pip install {pip}")
+
+
 def open_run(recipe: Recipe, *, resume: str | None, overwrite: bool, command: str):
     """Resolve the checkpoint to resume from, create the Accelerator and the run folder, write recipe.yaml."""
     run_dir = recipe.run_dir
+    check_trackers(recipe.train.trackers)
     ckpt = resolve_resume(resume, run_dir)
     if ckpt is not None:
         saved = yaml.safe_load((ckpt / "recipe.yaml").read_text()) if (ckpt / "recipe.yaml").exists() else {}
@@ -112,10 +126,11 @@ def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_di
             truncate_metrics(run_dir / "metrics.jsonl", state.step)
     state.lr_plan = dataclasses.asdict(plan)
     state.processes = accelerator.num_processes
-    if recipe.train.tracker != "none":
+    if recipe.train.trackers:
         accelerator.init_trackers(recipe.name)
     return Training(model, optimizer, train_loader, scheduler, checkpointer, state,
-                    MetricsWriter(run_dir / "metrics.jsonl"), recipe_yaml)
+                    MetricsWriter(run_dir / "metrics.jsonl", accelerator.log if recipe.train.trackers else None),
+                    recipe_yaml)
 
 
 def finish(accelerator) -> None:
@@ -131,15 +146,18 @@ def finish(accelerator) -> None:
 
 def publish_final(run_dir: Path, write, recipe_yaml: str, metrics: dict, name: str = "final") -> Path:
     """``final/`` (or ``name``) written whole or not at all (main process): ``write(tmp)`` fills a
-    temporary folder, the recipe and metrics go beside it, then it is renamed into place."""
+    temporary folder, the recipe, metrics and model card go beside it, then it is renamed into place."""
     import os
     import shutil
+
+    from gptune.hub import write_card
 
     final, tmp = run_dir / name, run_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
     (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    write_card(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
