@@ -45,7 +45,11 @@ def _coerce(value, tp):
     if tp is Any:
         return value
     if origin is Literal:
-        return value if value in typing.get_args(tp) else _NO
+        choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/false (yes/on/true) as a bool
+            value = next((c for c in (("yes", "on", "true") if value else ("no", "off", "false"))
+                          if c in choices), value)
+        return value if value in choices else _NO
     if origin in (Union, types.UnionType):
         for arg in typing.get_args(tp):
             out = _coerce(value, arg)

@@ -87,6 +87,17 @@ def test_literal_choices_named():
         build_recipe({"model": {"tokenizer": "train"}, "train": {"max_steps": 3, "schedule": "cos"}})
 
 
+def test_unquoted_no_is_the_literal_no_not_a_bool(tmp_path):
+    # YAML 1.1 reads an unquoted `no` as False; `--set train.mixed_precision=no` must still mean "no"
+    r = build_recipe({"model": {"tokenizer": "train"}, "train": {"max_steps": 3}}, None, ["train.mixed_precision=no"])
+    assert r.train.mixed_precision == "no"
+    f = tmp_path / "r.yaml"
+    f.write_text("model: {tokenizer: train}\ntrain: {max_steps: 3, mixed_precision: no}\n")
+    assert load_recipe(f).train.mixed_precision == "no"
+    with pytest.raises(GptuneError, match="train.mixed_precision"):
+        build_recipe({"model": {"tokenizer": "train"}, "train": {"max_steps": 3}}, None, ["train.mixed_precision=yes"])
+
+
 def test_round_trip_through_yaml_is_identical():
     r = build_recipe({"name": "rt", "model": {"tokenizer": "train"}, "train": {"max_steps": 7}})
     again = build_recipe(yaml.safe_load(r.to_yaml("# header")))
