@@ -303,8 +303,10 @@ class LMWithLoss(nn.Module):
         from gptune.losses import lm_loss_from_hidden, shift_targets
 
         body, _ = body_and_head(self.lm)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask,
-                      **body_kwargs(body)).last_hidden_state  # (B, T, C)
+        # no KV cache when scoring; in training the model's default: with use_cache=False and no mask,
+        # transformers probes the position ids for packed sequences with a host sync every micro-batch
+        extra = {} if self.training else body_kwargs(body)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # (B, T, C)
         if targets is None:
             targets = shift_targets(input_ids, attention_mask)  # (B, T)
         return lm_loss_from_hidden(hidden, head_weight(self.lm), targets, per_token=per_token)
