@@ -140,17 +140,7 @@ def finetune_args(model_dir, glue_dir, out_dir, mode):
 def sst2_dir(tmp_path_factory):
     """glue_data/SST-2 with a learnable rule ('good' -> 1, 'bad' -> 0): 96 train, 24 dev rows."""
     root = tmp_path_factory.mktemp("glue_small")
-    rng = random.Random(0)
-    words = "the a cat dog sat on mat ran to house big small red blue saw old man woman king tree".split()
-    sst = root / "SST-2"
-    sst.mkdir()
-    for name, n in (("train", 96), ("dev", 24)):
-        rows = []
-        for w in ["good", "bad"] * (n // 2):
-            s = [rng.choice(words) for _ in range(rng.randint(3, 8))]
-            s.insert(rng.randint(0, len(s)), w)
-            rows.append((" ".join(s), str(int(w == "good"))))
-        (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
+    write_sst2(root / "SST-2", random.Random(0))
     return root
 
 
@@ -164,16 +154,21 @@ def glue_sentence(rng, word):
     return " ".join(words)
 
 
+def write_sst2(sst, rng) -> None:
+    """SST-2 train (96) and dev (24) TSVs with a learnable rule: 'good' -> 1, 'bad' -> 0."""
+    sst.mkdir()
+    for name, n in (("train", 96), ("dev", 24)):
+        rows = [(glue_sentence(rng, w), str(int(w == "good"))) for w in ["good", "bad"] * (n // 2)]
+        (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
+
+
 @pytest.fixture(scope="session")
 def glue_dir(tmp_path_factory):
     """glue_data layout: SST-2 (learnable: 'good' -> 1, 'bad' -> 0, with a test split) and RTE."""
     root = tmp_path_factory.mktemp("glue_data")
     rng = random.Random(0)
     sst = root / "SST-2"
-    sst.mkdir()
-    for name, n in (("train", 96), ("dev", 24)):
-        rows = [(glue_sentence(rng, w), str(int(w == "good"))) for w in ["good", "bad"] * (n // 2)]
-        (sst / f"{name}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows))
+    write_sst2(sst, rng)
     (sst / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{glue_sentence(rng, 'good')}\n" for i in range(10)))
     rte = root / "RTE"
     rte.mkdir()
