@@ -270,11 +270,12 @@ class LoraConfig:
     """Modules that get adapters (GPT-2 and GPT-1 names; both use Conv1D, so fan_in_fan_out is set)."""
     merge: bool = False
     """Also write a merged full model to ``final/merged``."""
-    save_embeddings: bool = False
-    """Save the whole input-embedding matrix (new token rows included) in the adapter instead of PEFT's
-    trainable-token rows: the adapter grows by vocabulary x width floats (GPT-1: ~124 MB), but no wrapper
-    sits on the embedding, so lm-evaluation-harness's ``peft=`` loading (which re-ties the embeddings)
-    works."""
+    save_embeddings: bool = True
+    """Save the whole input-embedding matrix, the trained new-token rows folded in, in the adapter (PEFT's
+    own convention for a resized vocabulary): every tool loads it, lm-evaluation-harness's ``peft=`` too
+    (it re-ties the embeddings, which fails on PEFT's trainable-token wrapper under transformers 5), at the
+    cost of vocabulary x width floats (GPT-2 small: ~154 MB). ``false``: only the new rows, as PEFT
+    trainable tokens (a few KB; loads in PEFT, transformers and gptune, not in lm-eval's ``peft=``)."""
     lr: float | None = None
     """Peak learning rate when LoRA is on (replaces ``train.lr``; absent: ``train.lr``). Adapters
     start at zero and need a larger rate than full fine-tuning."""

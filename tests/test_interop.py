@@ -33,7 +33,7 @@ def project(tmp_path_factory, tiny_model_dir, glue_dir):
         mp.setenv("GPTUNE_NO_PROGRESS", "1")
         mp.delenv("GPTUNE_GLUE_DIR", raising=False)
         for mode, lora, extra in (("lora", True, []), ("full", False, []),
-                                  ("emb", True, ["lora.save_embeddings=true", "out_dir=runs/finetune/sst2-emb"])):
+                                  ("rows", True, ["lora.save_embeddings=false", "out_dir=runs/finetune/sst2-rows"])):
             mp.setattr(ev, "predict", lambda *a, _m=mode: preds.__setitem__(_m, real(*a)) or preds[_m])
             run_finetune(finetune_recipe("base", glue_dir, lora=lora,
                                          sets=["train.max_steps=3", "train.lr=1e-2", *extra]))
@@ -62,18 +62,29 @@ def _sample_ids(tokenizer):
 def test_lora_final_is_a_standard_causal_lm_adapter(project):
     from safetensors.torch import load_file
 
-    final = project[0] / "runs/finetune/sst2-lora/final"
-    config = json.loads((final / "adapter_config.json").read_text())
-    assert config["task_type"] == "CAUSAL_LM" and config["peft_type"] == "LORA"
-    assert config["base_model_name_or_path"] == "base"  # as given, relative to the working directory
-    assert config["trainable_token_indices"] == [320, 321, 322]  # the GPT-1 markers' rows
-    keys = set(load_file(str(final / "adapter_model.safetensors")))
-    assert all(k.startswith("base_model.model.transformer.") or k.startswith("base_model.model.lm_head.")
-               for k in keys), keys
-    assert "base_model.model.transformer.wte.token_adapter.trainable_tokens_delta" in keys
-    assert not any("clf_head" in k or "base_layer" in k for k in keys)  # head beside it; no full embedding copy
-    assert set(load_file(str(final / "clf_head.safetensors"))) == {"weight", "bias"}
-    assert json.loads((final / "task.json").read_text())["base_model"] == "../../../../base"
+    for mode in ("lora", "rows"):
+        final = project[0] / f"runs/finetune/sst2-{mode}/final"
+        config = json.loads((final / "adapter_config.json").read_text())
+        assert config["task_type"] == "CAUSAL_LM" and config["peft_type"] == "LORA"
+        assert config["base_model_name_or_path"] == "base"  # as given, relative to the working directory
+        weights = load_file(str(final / "adapter_model.safetensors"))
+        assert all(k.startswith("base_model.model.transformer.") for k in weights), weights.keys()
+        assert not any("clf_head" in k or "base_layer" in k for k in weights)  # the head sits beside it
+        assert set(load_file(str(final / "clf_head.safetensors"))) == {"weight", "bias"}
+        assert json.loads((final / "task.json").read_text())["base_model"] == "../../../../base"
+        rows = [320, 321, 322]  # the GPT-1 markers' rows
+        if mode == "rows":  # lora.save_embeddings=false: PEFT's trainable tokens, the new rows alone
+            assert config["trainable_token_indices"] == rows
+            assert weights["base_model.model.transformer.wte.token_adapter.trainable_tokens_delta"].shape == (3, 32)
+        else:  # the default: the whole matrix, the trained rows folded in, no wrapper on the embedding
+            assert config["trainable_token_indices"] is None
+            matrix = weights["base_model.model.transformer.wte.weight"]
+            delta = load_file(str(project[0] / "runs/finetune/sst2-rows/final/adapter_model.safetensors"))
+            assert matrix.shape == (323, 32)
+            # the base rows untouched; the marker rows are the ones the same run saved as trainable tokens
+            base = load_file(str(project[0] / "base/model.safetensors"))["transformer.wte.weight"]
+            assert torch.equal(matrix[:320], base)
+            assert torch.equal(matrix[rows], delta["base_model.model.transformer.wte.token_adapter.trainable_tokens_delta"])
 
 
 def test_lora_and_full_load_with_peft_transformers_and_gptune_from_a_moved_copy(moved, glue_dir):
@@ -84,7 +95,7 @@ def test_lora_and_full_load_with_peft_transformers_and_gptune_from_a_moved_copy(
     from gptune.runners.evaluate import _split_loaders
 
     root, preds = moved
-    for mode in ("lora", "full", "emb"):
+    for mode in ("lora", "full", "rows"):
         final = Path(f"runs/finetune/sst2-{mode}/final")
         acc, model, info, _, loaders = _split_loaders(str(final), "sst2", glue_dir, None)
         assert predict(acc, model, loaders["validation"], info.task)[0] == preds[mode], mode  # same as in memory
@@ -169,11 +180,11 @@ def test_prepend_eos_equals_lm_eval_loglikelihood_rolling(tiny_model_dir, tmp_pa
 
 def test_lm_eval_loads_a_lora_final_with_peft(moved):
     """lm-eval re-ties the embeddings after PEFT loads, which fails on PEFT's trainable-token wrapper
-    (transformers 5): with lora.save_embeddings the adapter carries the embedding matrix instead."""
+    (transformers 5): by default (lora.save_embeddings) the adapter carries the embedding matrix instead."""
     from safetensors.torch import load_file
 
     root, _ = moved
-    final = "runs/finetune/sst2-emb/final"
+    final = "runs/finetune/sst2-lora/final"
     config = json.loads(Path(final, "adapter_config.json").read_text())
     assert config["task_type"] == "CAUSAL_LM" and config["trainable_token_indices"] is None
     assert "base_model.model.transformer.wte.weight" in load_file(f"{final}/adapter_model.safetensors")

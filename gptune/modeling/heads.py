@@ -88,8 +88,13 @@ class GPT1TaskModel(nn.Module):
         nn.init.normal_(self.clf_head.weight, std=0.02)
         nn.init.zeros_(self.clf_head.bias)
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.lm.get_input_embeddings()
+    def get_input_embeddings(self) -> nn.Module | None:
+        """The input embedding, for Accelerate's FSDP2 prepare, which makes it a unit of its own. None under
+        PEFT's trainable tokens: there the tied matrix is also read by the wrapped LM head, whose token
+        layer uses it directly (not through the embedding's forward), so it must stay in the root unit;
+        carved out, the root ``fully_shard`` meets it already sharded and fails."""
+        emb = self.lm.get_input_embeddings()
+        return None if hasattr(emb, "token_adapter") else emb
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, extract_pos: torch.Tensor,
                 labels: torch.Tensor | None = None, **_ignored) -> dict[str, torch.Tensor]:

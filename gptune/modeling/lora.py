@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from gptune.config import LoraConfig as LoraRecipe
@@ -42,13 +43,17 @@ def apply_lora(lm: nn.Module, cfg: LoraRecipe, new_token_ids: list[int]):
     return get_peft_model(lm, config)
 
 
-def save_adapter(lm, out, *, state_dict: dict | None = None, embeddings: bool = False) -> None:
-    """Write ``lm``'s adapter to ``out``: LoRA weights plus the new token rows (PEFT's trainable tokens), or
-    with ``embeddings`` the full input-embedding matrix, those rows folded in, under its plain name
-    (``base_model.model.transformer.wte.weight``), which PEFT loads straight into the (resized) base model.
-    ``state_dict``: ``lm``'s consolidated state dict when its own tensors are shards (FSDP, ZeRO-3); the
-    ``embeddings`` variant reads the live model and so needs an unsharded one."""
-    if not embeddings:
+def save_adapter(lm, out, *, state_dict: dict | None = None, embeddings: bool = True) -> None:
+    """Write ``lm``'s adapter to ``out``. With ``embeddings`` (the default, as PEFT's own
+    ``save_embedding_layers="auto"`` does for a resized vocabulary) the new token rows are folded into the
+    full input-embedding matrix, saved under its plain name (``base_model.model.transformer.wte.weight``),
+    which PEFT loads straight into the (resized) base model with no wrapper on the embedding: the one form
+    that lm-evaluation-harness's ``peft=`` loading survives (it re-ties the embeddings, which fails on PEFT's
+    trainable-token wrapper under transformers 5). Without it: LoRA weights plus PEFT's trainable-token
+    rows only (small; loads in PEFT, transformers and gptune). ``state_dict``: ``lm``'s consolidated state
+    dict when its own tensors are shards (FSDP, ZeRO-3)."""
+    adapter = getattr(lm.get_base_model().get_input_embeddings(), "token_adapter", None)
+    if not embeddings or adapter is None:  # no new rows: nothing to fold
         lm.save_pretrained(str(out), state_dict=state_dict, save_embedding_layers=False)  # the base rows come from the base model
         return
     import copy
@@ -56,15 +61,18 @@ def save_adapter(lm, out, *, state_dict: dict | None = None, embeddings: bool = 
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    sd = state_dict if state_dict is not None else lm.state_dict()
+    name = next(n for n, m in lm.named_modules() if m is adapter)  # base_model.model.transformer.wte.token_adapter
+    rows = torch.tensor(adapter.token_indices["default"], dtype=torch.long)
+    matrix = sd[f"{name}.base_layer.weight"].detach().cpu().index_copy(
+        0, rows, sd[f"{name}.trainable_tokens_delta.default"].detach().cpu())  # (V, C): the trained rows in place
     config = copy.deepcopy(lm.peft_config["default"])
     config.trainable_token_indices = None
     config.inference_mode = True
     state = {k: v.detach().contiguous().cpu() for k, v in
-             get_peft_model_state_dict(lm, save_embedding_layers=False).items() if ".token_adapter." not in k}
-    base = lm.get_base_model()
-    emb = base.get_input_embeddings()
-    name = next(n for n, m in base.named_modules() if m is emb)
-    state[f"base_model.model.{name}.weight"] = emb.weight.detach().clone().contiguous().cpu()  # rows merged in
+             get_peft_model_state_dict(lm, state_dict=sd, save_embedding_layers=False).items()
+             if ".token_adapter." not in k}
+    state[f"{name.removesuffix('.token_adapter')}.weight"] = matrix.contiguous()
     Path(out).mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(out))
     save_file(state, str(Path(out) / "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -149,7 +149,7 @@ def resolve_base(info: TaskModelInfo, folder: Path, override: str | None = None)
 
 
 def save_task_model(model, state_dict: dict | None, tokenizer, info: TaskModelInfo, out: Path, *,
-                    embeddings: bool = False) -> None:
+                    embeddings: bool = True) -> None:
     """Write a ``final/``-style folder (main process only). ``model``: the unwrapped GPT1TaskModel (its ``lm``
     a PeftModel under LoRA); ``state_dict``: the full state dict (from ``accelerator.get_state_dict``) or None.
     ``info.base_model`` is the base as the run was given it (hub id or local path); ``embeddings``: see
