@@ -575,8 +575,8 @@ def zeroshot_jobs(a, records: Records) -> list[Job]:
             steps = sorted(p.name for p in run.glob("step-*") if (p / "model.safetensors").is_file())
             metrics = run / "final" / "metrics.json"
             last = json.loads(metrics.read_text())["step"] if metrics.is_file() else None
-            # final/ is scored only when no checkpoint holds the same step
-            points = ["init", *steps] + ([] if f"step-{last:06d}" in steps else ["final"])
+            # final/ is scored only when no checkpoint holds the same step (before pretraining: init and final)
+            points = ["init", *steps] + ([] if last is not None and f"step-{last:06d}" in steps else ["final"])
             for point in points:
                 key = f"zeroshot/{variant}-p{ps}/{point}"
                 jobs.append(Job(key, lambda v=variant, s=ps, pt=point: zeroshot_point(a, v, s, pt),
