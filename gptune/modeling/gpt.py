@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -259,9 +260,15 @@ def use_sdpa_attention(model: nn.Module) -> nn.Module:
 
 def body_kwargs(body: nn.Module) -> dict:
     """Extra arguments for a body call that only needs hidden states: no KV cache where it would build one."""
+    return {"use_cache": False} if _takes_use_cache(type(body)) else {}
+
+
+@functools.cache
+def _takes_use_cache(cls: type) -> bool:
+    """Whether ``cls.forward`` has a ``use_cache`` argument (read once per class, not per scoring batch)."""
     import inspect
 
-    return {"use_cache": False} if "use_cache" in inspect.signature(body.forward).parameters else {}
+    return "use_cache" in inspect.signature(cls.forward).parameters
 
 
 def register_head_for_zero3(model: nn.Module) -> None:
