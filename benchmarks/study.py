@@ -568,6 +568,10 @@ def aux_size_jobs(a, records: Records) -> list[Job]:
 
 # ----------------------------------------------------------------------------- zero-shot
 def zeroshot_jobs(a, records: Records) -> list[Job]:
+    # resolve transformers' lazy attributes here, in the main thread: the jobs run in threads (--jobs), and a
+    # first import racing in two of them once failed with "cannot import name 'AutoModelForCausalLM'"
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     jobs = []
     for variant in a.variants:
         for ps in a.pretrain_seeds:
