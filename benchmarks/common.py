@@ -106,8 +106,6 @@ def _serve(conn, log_path: str, target: str, kwargs: dict) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     pacer = Pacer(conn)
     try:
         import importlib

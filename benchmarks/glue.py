@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import Worker, alternate, data_root, print_table, rates, row, write_json  # noqa: E402
+from common import Worker, alternate, data_root, print_table, rates, row, write_json
 
 BATCH = 16
 MAX_LEN = 128

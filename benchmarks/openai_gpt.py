@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {  # n_layer, n_embd, n_head, batch, seq, vocab
     "tiny": (2, 32, 2, 8, 64, 320),

@@ -13,19 +13,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import data_root
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from common import data_root  # noqa: E402
-
-from gptune.data.eval_text import encode_text  # noqa: E402
-from gptune.evaluation.perplexity import sliding_window_nll  # noqa: E402
+from gptune.data.eval_text import encode_text
+from gptune.evaluation.perplexity import sliding_window_nll
 
 
 def guide_loop(model, encodings_input_ids: torch.Tensor, max_length: int, stride: int) -> dict:

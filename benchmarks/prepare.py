@@ -26,11 +26,7 @@ import time
 from itertools import chain
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from common import Stat, data_root, print_table, row, write_json  # noqa: E402
+from common import Stat, data_root, print_table, row, write_json
 
 BLOCK = 256
 WORKERS = 2
@@ -122,7 +118,7 @@ def measure(name: str, corpus: Path, tokenizer_dir: str, cache: Path) -> dict:
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--corpus", str(corpus),
            "--tokenizer", tokenizer_dir, "--cache", str(cache)]
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "GPTUNE_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "GPTUNE_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     root = psutil.Process(proc.pid)
     peak, peak_rss, loads = 0, 0, []

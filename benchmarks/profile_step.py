@@ -7,11 +7,7 @@ vocab 50257, 8 x 256 tokens, fp32). Prints one line per step after two warm-up s
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(steps: int = 4) -> None:

@@ -23,11 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from common import Stat, data_root, print_table, row, write_json
 
-from common import Stat, data_root, print_table, row, write_json  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 ALL = ("help", "prepare", "ppl", "pretrain", "glue", "gpu")
 
@@ -35,7 +33,7 @@ ALL = ("help", "prepare", "ppl", "pretrain", "glue", "gpu")
 def bench_help(quick: bool) -> list[dict]:
     """Wall time of ``gptune --help`` in a fresh interpreter (imports included)."""
     times = []
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    env = dict(os.environ)
     for _ in range(3 if quick else 7):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "gptune", "--help"], check=True, capture_output=True, env=env)
@@ -51,7 +49,7 @@ def bench_ppl(quick: bool, data: str | None) -> list[dict]:
     cmd = [sys.executable, str(HERE / "ppl.py"), "--data", str(text), "--max-length", "256", "--stride", "128",
            "--max-tokens", "4096" if quick else "16384", "--repeats", "2" if quick else "3", "--json", str(out),
            "--tokenizer", str(data_root(data) / "tokenizers" / "gpt2-hf")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     print(proc.stdout[-2000:])
     if proc.returncode and not out.stat().st_size:
         print(proc.stderr[-2000:])

@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from common import Stat, print_table, row, write_json  # noqa: E402
+from common import Stat, print_table, row, write_json
 
 
 class InRamBlocks(torch.utils.data.Dataset):
@@ -40,7 +33,7 @@ class InRamBlocks(torch.utils.data.Dataset):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default=str(HERE.parent / "recipes" / "books.yaml"))
+    p.add_argument("--recipe", default="books", help="recipe file or shipped name")
     p.add_argument("--set", dest="sets", action="append", default=[])
     p.add_argument("--windows", type=int, default=6, help="windows per side")
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per window")

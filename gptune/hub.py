@@ -1,5 +1,6 @@
-"""The Hugging Face Hub side of a ``final/`` folder: its model card (``README.md``, the Hub's format) and
-the upload (``--push-to-hub`` / ``gptune push``).
+"""The Hugging Face Hub side of gptune: whether a name is a local path or a hub id (``is_hub_id``, the one
+rule), whether the hub can be reached, and a ``final/`` folder's model card (``README.md``, the Hub's format)
+and upload (``--push-to-hub`` / ``gptune push``).
 
 The card is built from the folder alone (``recipe.yaml``, ``metrics.json``, ``task.json``,
 ``adapter_config.json``), so a finished run can be carded and pushed later. No torch import here.
@@ -14,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from gptune.data.books import EMBEDDED
 from gptune.errors import GptuneError
 
 CARD_FILE = "README.md"
@@ -26,6 +28,61 @@ _LM_METRICS = {
     "val_bits_per_byte": ("bits_per_byte", "validation bits per byte"),
 }
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_HUB_DATASET = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]*){0,2}$")
+LOCAL_SUFFIXES = (".txt", ".raw", ".tokens", ".md", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".yaml",
+                  ".yml", ".safetensors", ".bin", ".pt")
+"""Endings that make a name a local file even when it does not exist (``wiki.test.raw``: a missing file, not
+a hub repo)."""
+
+
+# ----------------------------------------------------------------------------- local path or hub id
+def is_hub_id(spec: str | None, *, dataset: bool = False, base: Path | None = None) -> bool:
+    """The one rule for "a local path or a hub id", for models, tokenizers and data alike:
+
+    1. a name that exists (relative to ``base``, else the working directory) is local;
+    2. a name written as a path -- starting with ``.``, ``/`` or ``~`` (``./x``, ``../x``, ``~/x``) -- is local,
+       existing or not;
+    3. a name ending in a file extension gptune reads (``LOCAL_SUFFIXES``: ``x.txt``, ``dir/x.jsonl``) is local;
+    4. otherwise a name of the hub's shape, ``name`` or ``owner/name`` (``dataset``: plus ``:config`` and
+       ``:split``), is a hub id;
+    5. anything else (``a/b/c``, a name with spaces) is local.
+
+    So a relative name that does not exist yet and has the hub's shape (``books``, ``data/books``) is a hub id;
+    write ``./data/books`` to mean a folder. A local name that does not exist gets "no such file or folder"
+    from its reader, never a hub error.
+    """
+    if not spec:
+        return False
+    path = Path(spec).expanduser()
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    if path.exists() or spec.startswith((".", "/", "~")) or Path(spec).suffix.lower() in LOCAL_SUFFIXES:
+        return False
+    return bool((_HUB_DATASET if dataset else _HUB_NAME).match(spec))
+
+
+def is_local(spec: str, *, dataset: bool = False) -> bool:
+    """Not a hub id (``is_hub_id``): a path on this machine, existing or not."""
+    return not is_hub_id(spec, dataset=dataset)
+
+
+# ----------------------------------------------------------------------------- reaching the hub
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick request through huggingface_hub's own client before asking the hub for files (its
+    downloads retry for ~50 s offline). The client applies what every download does: HF_HUB_OFFLINE
+    (no request at all), HF_ENDPOINT and the HTTPS_PROXY / HTTP_PROXY / NO_PROXY variables."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.is_offline_mode():
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # noqa: BLE001 - offline mode, DNS, proxy, TLS, timeout: all mean "not reachable now"
+        return False
+    return True
+
 
 
 # ----------------------------------------------------------------------------- the model card
@@ -39,15 +96,11 @@ def _read(final: Path) -> tuple[dict, dict, dict | None, dict | None]:
     return recipe, metrics, load("task.json", json.loads), load("adapter_config.json", json.loads)
 
 
-def _is_hub_id(spec: str | None) -> bool:
-    return bool(spec) and not spec.startswith((".", "/", "~")) and not Path(spec).exists()
-
-
 def _lm_results(recipe: dict, metrics: dict) -> tuple[list[dict], list[str]]:
     data = recipe.get("data") or {}
     path = str(data.get("path", ""))
     # a local folder (even one download_books filled from the hub) is named by its folder, not claimed as a hub set
-    hub = path.split(":")[0] if _is_hub_id(path) else None
+    hub = path.split(":")[0] if is_hub_id(path, dataset=True) and path != EMBEDDED else None
     found = [{"type": t, "value": metrics[k], "name": name} for k, (t, name) in _LM_METRICS.items() if k in metrics]
     results = []
     if found:
@@ -89,7 +142,7 @@ def card_metadata(final: Path) -> dict[str, Any]:
         results, datasets = _task_results(task_info["task"], metrics)
         tags += [task_info["task"]["name"], "lora" if adapter else "full-finetune"]
     meta: dict[str, Any] = {"library_name": "peft" if adapter else "transformers"}
-    if _is_hub_id(base):
+    if is_hub_id(base):
         meta["base_model"] = base
     if datasets:
         meta["datasets"] = datasets

@@ -13,15 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gptune.errors import GptuneError, first_line
+from gptune.hub import is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +28,6 @@ EOS = "<|endoftext|>"
 TRAIN = "train"
 """`model.tokenizer` value that trains a byte-level BPE on the run's training files."""
 
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 def load_tokenizer(
@@ -57,13 +53,16 @@ def load_tokenizer(
             if train_texts is None:
                 raise GptuneError("model.tokenizer=train: no training text to train the tokenizer on")
             train_tokenizer(train_texts(), folder, vocab_size=vocab_size)
-        tokenizer = _from_pretrained(str(folder), trust_remote_code=trust_remote_code, field=field)
+        tokenizer = open_tokenizer(str(folder), trust_remote_code=trust_remote_code, field=field)
     else:
-        tokenizer = _from_pretrained(spec, trust_remote_code=trust_remote_code, field=field)
+        tokenizer = open_tokenizer(spec, trust_remote_code=trust_remote_code, field=field)
     return ensure_special_tokens(tokenizer)
 
 
-def _from_pretrained(spec: str, *, trust_remote_code: bool, field: str) -> Any:
+def open_tokenizer(spec: str, *, trust_remote_code: bool = False, field: str = "model.tokenizer") -> Any:
+    """The tokenizer saved in a folder or on the hub, as it was saved (``load_tokenizer`` adds EOS and pad), or
+    one error naming `field`: a file instead of a folder, a folder that holds no tokenizer, a missing local
+    folder, a hub id that cannot be loaded."""
     from transformers import AutoTokenizer
 
     path = Path(spec).expanduser()
@@ -80,7 +79,7 @@ def _from_pretrained(spec: str, *, trust_remote_code: bool, field: str) -> Any:
         if len(tokenizer) < 2:
             raise GptuneError(f"{field}: {spec} loaded an empty vocabulary")
         return tokenizer
-    if not _HUB_ID.match(spec):
+    if not is_hub_id(spec):
         raise GptuneError(f"{field}: no such folder: {spec}")
     try:
         return AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
@@ -146,15 +145,10 @@ def train_tokenizer(batches: Iterable[list[str]], out_dir: Path, *, vocab_size: 
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS)
     hf.pad_token = EOS
 
+    from gptune.data.cache import publish
+
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        hf.save_pretrained(str(tmp))
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    publish(out_dir, lambda tmp: hf.save_pretrained(str(tmp)), strict=True)
     logger.info("trained a byte-level BPE tokenizer (%d tokens) -> %s", len(hf), out_dir)
     return out_dir
 

@@ -104,11 +104,15 @@ def test_data_loaders_use_workers_and_pinned_memory_on_cuda(monkeypatch):
 
 
 def test_gpu_check_refuses_in_one_line_without_cuda():
+    import os
     import subprocess
     from pathlib import Path
 
     script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    # a CPU test: the GPUs of a GPU machine are hidden, so the script refuses there too instead of running
+    # the GPU benchmark under this timeout
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "gpu_check: no CUDA device is visible (torch.cuda.is_available() is False); run it on a GPU machine"]

@@ -1,9 +1,13 @@
-"""benchmarks/study.py: --quick runs every phase end to end on fixture data (resumably), the lr is
-chosen on a slice held out from train, and the report's statistics equal scipy's."""
+"""experiments/study.py through its command line: --quick runs every phase end to end on fixture data
+(resumably), the lr is chosen on a slice held out from train, and the report counts collapsed runs and pairs
+runs by unit; experiments/study_first_edition.py prints the first edition's gaps. The scripts are run, never
+imported (their statistics, gptune.evaluation.stats, are tested against scipy in test_stats.py)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,13 +15,19 @@ import pytest
 import yaml
 
 from conftest import make_text
+from gptune.evaluation import stats as study_stats
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+pytestmark = pytest.mark.slow  # every test here starts a script's process (the --quick one trains ~36 runs)
+PHASES = ["pretrain", "select-lr", "table5", "transfer", "zeroshot", "aux-size", "report"]
 
-import study  # noqa: E402
-import study_first_edition  # noqa: E402
-import study_stats  # noqa: E402
+
+def script(name: str, *args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """``python experiments/NAME ARGS`` with this test run's environment (+ ``env``); its output."""
+    full = {**os.environ, "GPTUNE_NO_PROGRESS": "1", **(env or {})}
+    full.pop("GPTUNE_DATA", None)
+    return subprocess.run([sys.executable, str(EXPERIMENTS / name), *map(str, args)], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=1800)
 
 
 @pytest.fixture(scope="module")
@@ -44,40 +54,24 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def quick(data_root, tmp_path_factory):
-    """One --quick study, run in process; (out folder, records, printed output of a second invocation)."""
-    import os
-
+    """One --quick study (its gptune runs in the study's process); (out folder, records, printed output of a
+    second invocation, the results file before it)."""
     work = tmp_path_factory.mktemp("study")
-    old = os.getcwd()
-    os.chdir(work)
-    env = {"GPTUNE_NO_PROGRESS": "1", "GPTUNE_CACHE": str(work / "cache")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        argv = ["--data", str(data_root), "--out", str(work / "s"), "--quick", "--in-process"]
-        assert study.main(argv) == 0
-        out = work / "s" / "quick"
-        before = (out / "results.jsonl").read_text()
-        import contextlib
-        import io
-
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            assert study.main(argv) == 0
-        yield out, [json.loads(x) for x in before.splitlines()], buf.getvalue(), before
-    finally:
-        os.chdir(old)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    argv = ["--data", data_root, "--out", work / "s", "--quick", "--in-process"]
+    env = {"GPTUNE_CACHE": str(work / "cache")}
+    first = script("study.py", *argv, cwd=work, env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = work / "s" / "quick"
+    before = (out / "results.jsonl").read_text()
+    second = script("study.py", *argv, cwd=work, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return out, [json.loads(x) for x in before.splitlines()], second.stdout, before
 
 
 def test_quick_runs_every_phase_and_a_second_run_resumes_without_rerunning(quick):
     out, recs, second, before = quick
     assert all(r["status"] == "ok" for r in recs), [r["key"] for r in recs if r["status"] != "ok"]
-    count = {p: sum(r["phase"] == p for r in recs) for p in study.PHASES}
+    count = {p: sum(r["phase"] == p for r in recs) for p in PHASES}
     # select: lr grid 2 x (4 settings on rte + aux, noaux on sst2 for aux-size); table5: 4 settings x rte x 2 seeds;
     # transfer: k 0,1 x rte x 2 seeds; zeroshot: init, step 2, step 4 (final is step 4); aux-size: 2 sizes x 2 x 2
     assert count == {"pretrain": 1, "select-lr": 12, "table5": 8, "transfer": 4, "zeroshot": 3, "aux-size": 8,
@@ -134,60 +128,36 @@ def test_phases_pass_their_keys_to_the_runs(quick):
     assert pre["step"] == 4
 
 
-def test_no_data_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("GPTUNE_DATA", raising=False)
-    assert study.main(["--out", str(tmp_path), "--phases", "pretrain"]) == 2
-    err = capsys.readouterr().err.strip()
+def test_no_data_is_a_one_line_error(tmp_path):
+    out = script("study.py", "--out", tmp_path, "--phases", "pretrain", cwd=tmp_path)
+    assert out.returncode == 2
+    err = out.stderr.strip()
     assert err.count("\n") == 0 and "set --data DIR or $GPTUNE_DATA" in err
 
 
-def test_welch_and_t_interval_equal_scipy():
-    from scipy import stats
-
-    a, b = [0.61, 0.58, 0.66, 0.59, 0.63], [0.52, 0.57, 0.49, 0.55]
-    g = study_stats.welch(a, b)
-    ref = stats.ttest_ind(a, b, equal_var=False)
-    assert g.t == pytest.approx(ref.statistic) and g.df == pytest.approx(ref.df)
-    ci = ref.confidence_interval(0.95)
-    assert (g.low, g.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
-    m, lo, hi = study_stats.t_interval(a)
-    ref_ci = stats.t.interval(0.95, len(a) - 1, loc=stats.tmean(a), scale=stats.sem(a))
-    assert (lo, hi) == (pytest.approx(ref_ci[0]), pytest.approx(ref_ci[1]))
-    # from a table's mean/sd/n: the first edition's five-task gap, noaux vs scratch
-    s = study_stats.welch_summary(40.8, 1.0, 3, 38.5, 1.6, 3)
-    r = stats.ttest_ind_from_stats(40.8, 1.0, 3, 38.5, 1.6, 3, equal_var=False)
-    assert s.t == pytest.approx(r.statistic) and s.excludes_zero is False
-
-
-def test_paired_bootstrap_pairs_by_unit():
-    a = {"1-1": 0.60, "1-2": 0.70, "2-1": 0.55, "2-2": 0.65, "9-9": 5.0}
-    b = {u: v - 0.05 for u, v in a.items() if u != "9-9"}  # unit 9-9 has no partner: left out
-    g = study_stats.paired_bootstrap(a, b)
-    assert g.n == 4 and g.diff == pytest.approx(0.05) and g.low == pytest.approx(0.05) and g.high == pytest.approx(0.05)
-    # unpaired the spread between units would swamp a constant shift: Welch's interval contains 0
-    assert not study_stats.welch([a[u] for u in b], list(b.values())).excludes_zero
-
-
-def test_first_edition_gaps_from_the_transcribed_table():
-    table = study_first_edition.read_table()
-    text = study_first_edition.gap_table(table)
+def test_first_edition_gaps_from_the_transcribed_table(tmp_path):
+    out = script("study_first_edition.py", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
     row = next(line for line in text.splitlines() if line.startswith("| aux - scratch"))
     assert "+0.2 [-2.3, +2.7] t 0.24" in row  # six-task average, GPT-1's own setting
     assert "+3.4 [-5.5, +12.3] t 1.29" in row  # SST-2
 
 
-def test_report_table_counts_collapsed_runs_and_pairs_by_unit():
-    import study_report
-
+def test_report_table_counts_collapsed_runs_and_pairs_by_unit(tmp_path):
     def rec(setting, unit, value, collapsed, task="rte"):
-        return {"variant": "base", "setting": setting, "task": task, "unit": unit, "value": value,
-                "collapsed": collapsed}
+        return {"phase": "table5", "key": f"{setting}-{task}-{unit}", "status": "ok", "variant": "base",
+                "setting": setting, "task": task, "unit": unit, "value": value, "collapsed": collapsed}
 
     units = ["1-1", "1-2", "2-1", "2-2"]
     aux = [rec("aux", u, v, c) for u, v, c in zip(units, [0.55, 0.60, 0.527, 0.58], [False, False, True, False],
                                                     strict=True)]
     scratch = [rec("scratch", u, v, True) for u, v in zip(units, [0.473, 0.527, 0.473, 0.473], strict=True)]
-    text = study_report.table5(aux + scratch, "base")
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in aux + scratch))
+    out = script("study.py", "--out", tmp_path, "--phases", "report", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = (tmp_path / "report.md").read_text()
+    text = report[report.index("## Table 5 (base)"):].split("\n## ")[0]
     aux_row = next(line for line in text.splitlines() if line.startswith("| (a)"))
     assert "; c 1/4" in aux_row
     m, lo, hi = study_stats.t_interval([0.55, 0.60, 0.527, 0.58])

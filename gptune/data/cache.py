@@ -3,7 +3,8 @@
 ROOT is ``data.cache_dir``, else ``$GPTUNE_CACHE``, else ``~/.cache/gptune``. Kinds: ``lm`` (token shards
 of a pretraining corpus, gptune.data.prepare) and ``tasks`` (tokenized task splits, gptune.data.features).
 An entry is keyed by a hash of everything that decides its content (``entry_key``), and is only ever seen
-whole: it is written under a temporary sibling and renamed into place (``publish``).
+whole: it is written under a temporary sibling and renamed into place (``publish``, which every folder gptune
+writes whole goes through; ``write_atomic`` is the same for one text file).
 """
 
 from __future__ import annotations
@@ -34,21 +35,40 @@ def entry_dir(kind: str, name: str, cache_dir: str | Path | None = None) -> Path
     return cache_root(cache_dir) / kind / name
 
 
-def publish(folder: Path, write: Callable[[Path], None]) -> bool:
-    """Run ``write(tmp)`` on a fresh temporary sibling of `folder`, then rename it to `folder`.
+def publish(folder: Path, write: Callable[[Path], None], *, replace: bool = False, strict: bool = False) -> bool:
+    """Run ``write(tmp)`` on a fresh temporary sibling of `folder`, then rename it to `folder`: the one way a
+    folder appears whole (cache entries, downloaded books, a trained tokenizer, a run's ``final/``).
 
-    A reader sees the whole entry or none. Returns False when another process published the same entry
-    first (theirs is as good) or the disk refused (a read-only cache costs the cache, not the run).
+    A reader sees the whole folder or none; whatever goes wrong, the temporary folder is removed. ``replace``:
+    an existing `folder` is removed just before the rename (``final/`` of a resumed run). Errors: by default a
+    cache entry's -- False when another process published the same entry first (theirs is as good) or the disk
+    refused (a read-only cache costs the cache, not the run); ``strict``: every error is raised.
     """
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         write(tmp)
+        if replace and folder.exists():
+            shutil.rmtree(folder)
         os.rename(tmp, folder)
         return True
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+        if strict:
+            raise
         return False
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """A text file that appears whole: written and fsync'ed beside `path`, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -3,12 +3,12 @@ as the Hugging Face guide "Perplexity of fixed-length models" joins WikiText, to
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptune.errors import GptuneError
+from gptune.hub import is_hub_id
 
 if TYPE_CHECKING:
     import torch
@@ -30,18 +30,13 @@ def load_eval_text(spec: str) -> str:
         if not files:
             raise GptuneError(f"--data folder {spec} has no .txt files")
         text = join_documents([f.read_text(encoding="utf-8") for f in files])
-    elif _looks_like_path(spec):
+    elif not is_hub_id(spec, dataset=True):
         raise GptuneError(f"--data {spec}: no such file or folder")
     else:
         text = _load_hub_text(spec)
     if not text.strip():
         raise GptuneError(f"--data {spec}: the text is empty")
     return text
-
-
-def _looks_like_path(spec: str) -> bool:
-    """A missing local path gets "no such file", not a hub error (hub ids look like ``owner/name:config``)."""
-    return spec.startswith((".", "~", "/")) or bool(re.search(r"\.(txt|raw|tokens|md)$", spec))
 
 
 def _load_hub_text(spec: str) -> str:

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gptune.errors import GptuneError, first_line
+from gptune.hub import is_hub_id
 
 logger = logging.getLogger(__name__)
 
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 """File types read as pretraining text (found recursively in a data folder)."""
 
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
 _SAMPLE_WINDOW = 1 << 16  # tokenizer-training sample: windows of 64 KB spread evenly over each file
 _ROWS_PER_BATCH = 1000
 
@@ -262,6 +261,6 @@ def open_source(spec: str, field_name: str = "data.path", *, text_column: str = 
     if is_datasets_folder(p):
         files = sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.relative_to(p).as_posix())
         return Source(str(p), "datasets", files=files, **kw)
-    if p.exists() or not _HUB_ID.match(spec) or p.suffix.lower() in TEXT_EXTENSIONS:
+    if not is_hub_id(spec, dataset=True):
         return Source(spec, "files", files=discover_files(spec, field_name), **kw)
     return Source(spec, "hub", **kw)

@@ -12,10 +12,7 @@ from transformers.models.openai.modeling_openai import Attention as _OpenAIGPTAt
 
 from gptune.config import ModelConfig
 from gptune.errors import GptuneError, first_line
-
-
-def is_local(spec: str) -> bool:
-    return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~"))
+from gptune.hub import is_local
 
 
 def _offline_hint(flag: str) -> str:

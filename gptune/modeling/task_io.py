@@ -68,7 +68,7 @@ def is_task_model(folder: str | Path) -> bool:
 
 def check_model_folder(spec: str, flag: str = "--model") -> None:
     """A local folder must hold a model (config.json) or an adapter (adapter_config.json)."""
-    from gptune.modeling.gpt import is_local
+    from gptune.hub import is_local
 
     p = Path(spec).expanduser()
     if not is_local(spec):
@@ -124,7 +124,7 @@ def base_reference(spec: str, folder: Path) -> str:
     """How task.json in ``folder`` refers to the base model: the hub id, or a local path relative to ``folder``."""
     import os
 
-    from gptune.modeling.gpt import is_local
+    from gptune.hub import is_local
 
     if not is_local(spec):
         return spec
@@ -138,9 +138,11 @@ def resolve_base(info: TaskModelInfo, folder: Path, override: str | None = None)
     if override is not None:
         check_model_folder(override, "--base-model")
         return override
+    from gptune.hub import is_hub_id
+
     spec = info.base_model
-    if not spec.startswith((".", "/", "~")) and not Path(spec).is_absolute():
-        return spec  # a hub id
+    if is_hub_id(spec, base=folder):  # base_reference writes a local base as ./x or ../x
+        return spec
     path = Path(spec).expanduser() if spec.startswith("~") or Path(spec).is_absolute() else Path(folder) / spec
     if not (path / "config.json").is_file():
         raise GptuneError(f"{Path(folder) / TASK_FILE}: base model {spec} not found (looked in {path}); "
@@ -158,7 +160,7 @@ def save_task_model(model, state_dict: dict | None, tokenizer, info: TaskModelIn
 
     from safetensors.torch import save_file
 
-    from gptune.modeling.gpt import is_local
+    from gptune.hub import is_local
     from gptune.modeling.lora import save_adapter
 
     out.mkdir(parents=True, exist_ok=True)

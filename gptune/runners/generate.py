@@ -19,9 +19,9 @@ def generation_device():
 def run_generate(model_spec: str, prompt: str, *, max_new_tokens: int = 60, temperature: float = 0.8,
                  top_k: int = 50, top_p: float = 0.95, num_samples: int = 1, seed: int = 0) -> list[str]:
     import torch
-    from transformers import AutoTokenizer
 
     from gptune.modeling.gpt import load_pretrained_lm
+    from gptune.tokenization import open_tokenizer
 
     if max_new_tokens <= 0:
         raise GptuneError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
@@ -31,10 +31,7 @@ def run_generate(model_spec: str, prompt: str, *, max_new_tokens: int = 60, temp
         raise GptuneError(f"--top-p must be in (0, 1], got {top_p}")
     device = generation_device()
     model = load_pretrained_lm(model_spec, field="--model").eval().to(device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_spec)
-    except (OSError, ValueError) as e:
-        raise GptuneError(f"--model: no tokenizer saved with {model_spec} ({e})") from None
+    tokenizer = open_tokenizer(model_spec, field="--model")
     torch.manual_seed(seed)
     ids = tokenizer(prompt, return_tensors="pt").input_ids if prompt else None
     if ids is None or ids.shape[1] == 0:

@@ -15,10 +15,10 @@ from gptune.training.checkpoint import newest_final
 def load_lm_for_ppl(spec: str, base_model: str | None = None):
     """(causal LM in eval mode, tokenizer, recipe dict or None) for a model folder, a gptune run's
     ``final/`` (a fine-tuned task model: its LM, with any LoRA merged in), a PEFT adapter, or a hub id."""
-    from transformers import AutoTokenizer
-
-    from gptune.modeling.gpt import is_local, load_pretrained_lm
+    from gptune.hub import is_local
+    from gptune.modeling.gpt import load_pretrained_lm
     from gptune.modeling.task_io import is_task_model, load_task_model
+    from gptune.tokenization import open_tokenizer
 
     path = Path(spec).expanduser()
     recipe = None
@@ -37,10 +37,7 @@ def load_lm_for_ppl(spec: str, base_model: str | None = None):
             raise GptuneError(f"--model {spec}: cannot load the adapter or its base model ({e})") from None
     else:
         model = load_pretrained_lm(spec, field="--model")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path) if is_local(spec) else spec)
-    except (OSError, ValueError) as e:
-        raise GptuneError(f"--model {spec}: no tokenizer saved with the model ({e})") from None
+    tokenizer = open_tokenizer(str(path) if is_local(spec) else spec, field="--model")
     return model.eval(), tokenizer, recipe
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gptune.config import Recipe
+from gptune.data.cache import write_atomic
 from gptune.distributed import failures
 from gptune.errors import GptuneError, first_line
 from gptune.recipes import recipe_diff
@@ -69,15 +70,6 @@ def fsync_tree(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def is_complete(ckpt: Path) -> bool:

@@ -40,9 +40,9 @@ def pause(until: Callable[[], bool] | None = None) -> None:
     """Write the marker, then sleep until ``until()`` holds or the pause time is over."""
     marker = os.environ.get("GPTUNE_TEST_MARKER")
     if marker:
-        tmp = Path(marker + ".tmp")
-        tmp.write_text(str(os.getpid()))
-        os.replace(tmp, marker)
+        from gptune.data.cache import write_atomic
+
+        write_atomic(Path(marker), str(os.getpid()))
     end = time.monotonic() + float(os.environ.get("GPTUNE_TEST_PAUSE_SECONDS", "120"))
     while time.monotonic() < end and not (until and until()):
         time.sleep(0.02)

@@ -12,6 +12,7 @@ import yaml
 
 from gptune.config import Recipe
 from gptune.console import MetricsWriter, say
+from gptune.data.cache import publish, write_atomic
 from gptune.training.checkpoint import (
     Checkpointer,
     TrainState,
@@ -19,7 +20,6 @@ from gptune.training.checkpoint import (
     prepare_run_dir,
     read_state,
     resolve_resume,
-    write_atomic,
 )
 from gptune.training.loop import build_accelerator, plan_steps
 
@@ -147,19 +147,16 @@ def finish(accelerator) -> None:
 def publish_final(run_dir: Path, write, recipe_yaml: str, metrics: dict, name: str = "final") -> Path:
     """``final/`` (or ``name``) written whole or not at all (main process): ``write(tmp)`` fills a
     temporary folder, the recipe, metrics and model card go beside it, then it is renamed into place."""
-    import os
-    import shutil
-
     from gptune.hub import write_card
 
-    final, tmp = run_dir / name, run_dir / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    write_card(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    def write_all(tmp: Path) -> None:
+        write(tmp)
+        (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        write_card(tmp)
+
+    final = run_dir / name
+    publish(final, write_all, replace=True, strict=True)
     return final
 
 

@@ -1,8 +1,9 @@
 """Intervals for the GPT-1 study: a t interval over seeds, Welch's test for the gap between two settings
 (from samples or from a table's mean/sd/n), and a paired bootstrap that pairs runs by seed.
 
-Used by ``benchmarks/study.py`` (the second edition's report) and ``benchmarks/study_first_edition.py``
-(the first edition's table, read from a CSV transcribed from docs/gpt1-small-scale.md).
+Pure functions over lists of scores (no torch). Used by ``experiments/study_report.py`` (the second edition's
+report) and ``experiments/study_first_edition.py`` (the first edition's table, a CSV transcribed from
+docs/gpt1-small-scale.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The second edition's report from OUT/results.jsonl (benchmarks/study.py --phases report): Table 5 with
+"""The second edition's report from OUT/results.jsonl (experiments/study.py --phases report): Table 5 with
 95% intervals and collapsed-run counts, every setting gap by Welch over units and by a paired bootstrap
 (units = pretraining/init seed x fine-tuning seed, so pretrained seed s pairs with random init s), the lr
 selection, Fig. 2 left (dev metric vs transferred layers), Fig. 2 right (zero-shot score vs pretraining
@@ -11,8 +11,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from study import SETTINGS, TASK_ORDER, TASKS, VARIANTS, ZS_TASKS
-from study_stats import paired_bootstrap, t_interval, welch
+from study_design import SETTINGS, TASK_ORDER, TASKS, VARIANTS, ZS_TASKS, budget, task_data, train_rows
+
+from gptune.evaluation.stats import paired_bootstrap, t_interval, welch
 
 # Radford et al. 2018, Table 5 (x100; no WNLI column). Avg8: the paper's average over its 8 columns.
 PAPER = {
@@ -232,7 +233,7 @@ def write_report(a, records) -> str:
     t5 = records.ok("table5")
     parts = ["# GPT-1 study, second edition: results", "",
              f"From `{records.path.name}` ({len(records.ok())} finished runs). Every number below is computed by "
-             "`python benchmarks/study.py --out OUT --phases report`.", "", "## lr selection", "",
+             "`python experiments/study.py --out OUT --phases report`.", "", "## lr selection", "",
              selection_table(records.ok("select-lr")), ""]
     sources = sorted({r.get("lr_source", "") for r in t5})
     if sources:
@@ -263,8 +264,6 @@ def estimate(a, planners: dict, records) -> str:
     (2-4 single-thread runs at once on 2 cores; max_length 128, micro-batch 16; 100-step runs, so start-up
     and the final evaluation are spread over the steps: rough, on the high side for longer runs) and its
     pretraining time."""
-    from study import budget, task_data, train_rows
-
     rates = first_edition_rates()
     data = task_data(a, a.tasks)
     lines = ["| task | train rows | steps of 3 epochs | steps run (fine-tunes) |", "|---|---:|---:|---:|"]

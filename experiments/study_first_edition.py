@@ -2,8 +2,8 @@
 from the means and standard deviations the document reports (3 seeds per cell; the raw results are
 lost), and the dev score of every constant prediction (what a collapsed run scores).
 
-    python benchmarks/study_first_edition.py                      # gaps, from benchmarks/study-first-edition.csv
-    python benchmarks/study_first_edition.py --data $GPTUNE_DATA  # + constant-prediction dev scores
+    python experiments/study_first_edition.py                      # gaps, from experiments/study-first-edition.csv
+    python experiments/study_first_edition.py --data $GPTUNE_DATA  # + constant-prediction dev scores
 
 The table's values are rounded to 0.1, so t and the intervals carry that rounding.
 """
@@ -18,8 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_stats import welch_summary  # noqa: E402
+from gptune.evaluation.stats import welch_summary
 
 CSV = Path(__file__).resolve().parent / "study-first-edition.csv"
 COLUMNS = ["cola", "sst2", "mrpc", "stsb", "rte", "wnli", "avg6", "avg5"]

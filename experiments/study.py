@@ -21,12 +21,12 @@ Phases (--phases, in this order; each needs the ones before it):
                SST-2, CoLA and RTE dev.
     aux-size   SST-2 train subsampled to --aux-sizes rows (seeded), 3 epochs each capped at
                --aux-max-steps, lm_coef in --aux-coefs (lr: the one selected for aux / noaux on SST-2).
-    report     OUT/report.md + OUT/plots/*.png (benchmarks/study_report.py).
+    report     OUT/report.md + OUT/plots/*.png (experiments/study_report.py).
 
-    python benchmarks/study.py --data $GPTUNE_DATA --out runs/study --jobs 2              # everything
-    python benchmarks/study.py --data $GPTUNE_DATA --out runs/study --estimate            # runs + CPU time
-    python benchmarks/study.py --out runs/study --phases report                           # tables, plots
-    python benchmarks/study.py --data ../shared/data --quick                              # tiny, all phases
+    python experiments/study.py --data $GPTUNE_DATA --out runs/study --jobs 2              # everything
+    python experiments/study.py --data $GPTUNE_DATA --out runs/study --estimate            # runs + CPU time
+    python experiments/study.py --out runs/study --phases report                           # tables, plots
+    python experiments/study.py --data ../shared/data --quick                              # tiny, all phases
 
 Every fine-tune also labels the dev split (gptune predict) so the report can count runs that collapsed
 to one class; its final step checkpoint is then deleted (final/ stays), so 500 runs do not fill the disk.
@@ -38,9 +38,7 @@ import argparse
 import contextlib
 import csv
 import json
-import math
 import os
-import random
 import shlex
 import shutil
 import subprocess
@@ -50,29 +48,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# task -> (glue folder, header row in train.tsv, main metric key, column label)
-TASKS = {
-    "cola": ("CoLA", False, "matthews_correlation", "CoLA (mcc)"),
-    "sst2": ("SST-2", True, "accuracy", "SST-2 (acc)"),
-    "mrpc": ("MRPC", True, "f1", "MRPC (F1)"),
-    "stsb": ("STS-B", True, "pearson", "STS-B (pc)"),
-    "rte": ("RTE", True, "accuracy", "RTE (acc)"),
-    "wnli": ("WNLI", True, "accuracy", "WNLI (acc)"),
-}
-TASK_ORDER = ["cola", "sst2", "mrpc", "stsb", "rte", "wnli"]
-
-SETTINGS = {
-    "aux": dict(label="(a) pretrained + aux LM", model="pretrained", sets=["task.lm_coef=0.5"]),
-    "noaux": dict(label="(b) pretrained, no aux LM", model="pretrained", sets=["task.lm_coef=0"]),
-    "scratch": dict(label="(c) no pretraining (random init)", model="random", sets=["task.lm_coef=0.5"]),
-    "plain": dict(label="(d) pretrained, plain input (run_glue style)", model="pretrained",
-                  sets=["task.lm_coef=0.5", "task.input_style=plain"]),
-}
-VARIANTS = {"base": [], "large": ["model.config.n_layer=8", "train.max_steps=1200"]}
-PHASES = ["pretrain", "select-lr", "table5", "transfer", "zeroshot", "aux-size", "report"]
-ZS_TASKS = ("sst2", "cola", "rte")
+from study_design import (
+    PHASES,
+    SETTINGS,
+    TASK_ORDER,
+    TASKS,
+    VARIANTS,
+    ZS_TASKS,
+    StudyError,
+    budget,
+    holdout_data,
+    shuffled,
+    subsample_data,
+    task_data,
+    train_rows,
+)
 
 
 def csv_list(text, kind=str) -> list:
@@ -88,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default=",".join(TASK_ORDER), help="table5 / select-lr tasks")
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {','.join(SETTINGS)}")
     p.add_argument("--variants", default="base", help=f"pretraining variants: {', '.join(VARIANTS)}")
-    p.add_argument("--pretrain-recipe", default=str(ROOT / "recipes" / "books.yaml"))
+    p.add_argument("--pretrain-recipe", default="books", help="pretraining recipe: a file or a shipped name")
     p.add_argument("--pretrain-seeds", default="1,2", help="one pretraining run per seed (recipe seed key)")
     p.add_argument("--init-seeds", default=None, help="random inits for setting (c) (default: --pretrain-seeds; "
                    "init seed s is paired with pretraining seed s)")
@@ -148,106 +138,6 @@ def parse_args(argv=None):
     if bad:
         p.error("unknown " + ", ".join(bad))
     return a
-
-
-class StudyError(Exception):
-    """A one-line user error (exit code 2)."""
-
-
-def glue_dir(a) -> Path:
-    if not a.data:
-        raise StudyError("no data: set --data DIR or $GPTUNE_DATA (a folder holding glue/ and books/gutenberg/)")
-    g = Path(a.data).expanduser() / "glue"
-    if not g.is_dir():
-        raise StudyError(f"--data {a.data}: no glue/ folder in it")
-    return g
-
-
-# ----------------------------------------------------------------------------- derived data
-def read_lines(path: Path, header: bool) -> tuple[str | None, list[str]]:
-    with open(path, encoding="utf-8-sig") as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
-    return (lines[0], lines[1:]) if header else (None, lines)
-
-
-def write_task(folder: Path, head: str | None, train: list[str], dev: list[str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train), ("dev", dev)):
-        tmp = folder / f".{name}.tsv.tmp"
-        tmp.write_text("".join(f"{x}\n" for x in ([head] if head else []) + rows), encoding="utf-8")
-        os.replace(tmp, folder / f"{name}.tsv")
-
-
-def shuffled(items: list, seed: int = 0) -> list:
-    out = list(items)
-    random.Random(seed).shuffle(out)
-    return out
-
-
-def derived_glue(a, name: str, tasks, make) -> Path:
-    """OUT/data/<name>/<Folder>/{train,dev}.tsv for each task, from make(task, head, train, dev) ->
-    (train, dev); written once (a re-run reuses it)."""
-    root = Path(a.out) / "data" / name
-    src = glue_dir(a)
-    for t in tasks:
-        folder, header, _, _ = TASKS[t]
-        if (root / folder / "dev.tsv").is_file():
-            continue
-        head, train = read_lines(src / folder / "train.tsv", header)
-        _, dev = read_lines(src / folder / "dev.tsv", header)
-        new_train, new_dev = make(t, head, train, dev)
-        write_task(root / folder, head, new_train, new_dev)
-    return root
-
-
-def task_data(a, tasks) -> Path:
-    """The GLUE data the fine-tunes read: the real folders, or (--quick) 64/32-row slices of them."""
-    if not a.quick:
-        return glue_dir(a)
-    return derived_glue(a, "quick", tasks, lambda t, h, tr, dv: (shuffled(tr)[:64], shuffled(dv)[:32]))
-
-
-def holdout_data(a, tasks) -> Path:
-    """Train minus a seeded held-out slice (named dev.tsv, so gptune scores it): lr selection never sees dev."""
-    def make(t, head, train, dev):
-        rows = shuffled(train, seed=0)
-        n = min(a.holdout_max, max(1, round(a.holdout * len(rows))))
-        return rows[n:], rows[:n]
-    base_name = "holdout" if not a.quick else "quick-holdout"
-    if a.quick:  # slice the quick data, not the full files
-        q = task_data(a, tasks)
-        root = Path(a.out) / "data" / base_name
-        for t in tasks:
-            folder, header, _, _ = TASKS[t]
-            if not (root / folder / "dev.tsv").is_file():
-                head, train = read_lines(q / folder / "train.tsv", header)
-                tr, dv = make(t, head, train, [])
-                write_task(root / folder, head, tr, dv)
-        return root
-    return derived_glue(a, base_name, tasks, make)
-
-
-def subsample_data(a, rows: int) -> Path:
-    """SST-2 with a seeded subsample of ``rows`` training rows, dev unchanged."""
-    src = task_data(a, ["sst2"])
-    root = Path(a.out) / "data" / f"sst2-n{rows}"
-    if not (root / "SST-2" / "dev.tsv").is_file():
-        head, train = read_lines(src / "SST-2" / "train.tsv", True)
-        _, dev = read_lines(src / "SST-2" / "dev.tsv", True)
-        write_task(root / "SST-2", head, shuffled(train, seed=0)[:rows], dev)
-    return root
-
-
-def train_rows(glue: Path, task: str) -> int:
-    folder, header, _, _ = TASKS[task]
-    return len(read_lines(glue / folder / "train.tsv", header)[1])
-
-
-def budget(a, rows: int, cap: int | None) -> tuple[int, int]:
-    """(steps to run, steps of the full --epochs budget): what train.epochs gives (drop_last micro-batches,
-    accumulation to the global batch), and the same under ``cap`` / --max-steps."""
-    full = max(1, math.ceil(a.epochs * math.ceil((rows // a.micro) / max(1, a.batch // a.micro))))
-    return min([full, *[c for c in (cap, a.max_steps) if c]]), full
 
 
 # ----------------------------------------------------------------------------- records
@@ -701,6 +591,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import study  # one module object: study_report imports `study`, and its StudyError must be this one
-
-    sys.exit(study.main())
+    sys.exit(main())
