@@ -9,7 +9,7 @@ Rows (one table at the end):
 * the Hugging Face Trainer on the same model, batch, precision and GPU (fused AdamW, SDPA attention):
   tokens/s, and gptune's ratio to it (goal >= 1.3x);
 * DDP and FSDP over every visible GPU (when there are >= 2), through ``accelerate launch`` with the shipped
-  ``recipes/accelerate/ddp.yaml`` / ``fsdp.yaml``: tokens/s and scaling against one GPU;
+  the shipped ``ddp`` / ``fsdp`` Accelerate configs: tokens/s and scaling against one GPU;
 * SST-2 fine-tuning steps, LoRA and full, from the pretraining run's ``final/``;
 * ``gptune eval --ppl`` on that model.
 

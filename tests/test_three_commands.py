@@ -89,8 +89,8 @@ def test_nothing_found_messages(tmp_path, monkeypatch, capsys):
     assert code == 2 and "--model" in err
     code, _, err = run_cli(capsys, "eval", "--ppl")
     assert code == 2 and "pass --model" in err
-    code, _, err = run_cli(capsys, "pretrain", "recipes/books.yaml")
-    assert code == 2 and "recipes/books.yaml" in err
+    code, _, err = run_cli(capsys, "pretrain", "recipes/nobooks.yaml")  # recipes/books.yaml is shipped
+    assert code == 2 and "recipes/nobooks.yaml" in err and "books, finetune, gpt1" in err
 
 
 def test_finetune_without_glue_data_offline_names_the_flags(project, capsys, tiny_model_dir):

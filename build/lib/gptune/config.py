@@ -1,0 +1,383 @@
+"""The recipe schema: typed dataclasses, one per concern, a docstring under every field (the single
+source of ``gptune recipes docs``) and range checks in ``_checks``. Reading YAML, flags and ``--set``
+into a ``Recipe`` is ``gptune.recipes``; the reference docs are ``gptune.recipe_docs``.
+
+No torch import here: ``gptune --help`` and ``gptune recipes validate`` stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ArchConfig:
+    """Architecture of a randomly initialised model (ignored when ``model.name_or_path`` is set,
+    except ``dropout`` which is applied to pretrained models too)."""
+
+    n_layer: int = 6
+    """Number of transformer blocks."""
+    n_head: int = 6
+    """Attention heads per block; must divide ``n_embd``."""
+    n_embd: int = 384
+    """Width of the residual stream."""
+    n_positions: int = 256
+    """Longest sequence the model can read (its context); ``data.block_size`` must fit in it."""
+    dropout: float = 0.1
+    """Residual, embedding and attention dropout (GPT-1 used 0.1)."""
+
+    def _checks(self):
+        for k in ("n_layer", "n_head", "n_embd", "n_positions"):
+            if getattr(self, k) <= 0:
+                yield k, f"must be > 0, got {getattr(self, k)}"
+        if self.n_head > 0 and self.n_embd % self.n_head:
+            yield "n_embd", f"must be divisible by model.config.n_head={self.n_head}, got {self.n_embd}"
+        if not 0 <= self.dropout < 1:
+            yield "dropout", f"must be in [0, 1), got {self.dropout}"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train and with which tokenizer."""
+
+    name_or_path: str | None = None
+    """Pretrained model: a local folder (e.g. runs/books/final) or a hub id. Absent: random init from
+    ``model.config``."""
+    arch: Literal["gpt2", "openai-gpt"] = "gpt2"
+    """Architecture for random init: GPT-2 (pre-LayerNorm) or GPT-1's OpenAI-GPT (post-LayerNorm, GELU,
+    N(0, 0.02) init). Both run their attention through PyTorch's SDPA kernel."""
+    config: ArchConfig = field(default_factory=ArchConfig)
+    """Architecture of a randomly initialised model."""
+    tokenizer: str | None = None
+    """Tokenizer: a local folder, a hub id, or ``train`` (byte-level BPE trained on ``data.path`` and
+    saved in the run folder). Absent: the tokenizer saved with ``model.name_or_path``."""
+    vocab_size: int = 16384
+    """Vocabulary size when ``model.tokenizer`` is ``train``."""
+    tokenizer_train_bytes: int = 100_000_000
+    """Cap on the text read to train a tokenizer (``model.tokenizer=train``), sampled across the whole
+    corpus (evenly spaced windows of each file; a shuffled hub stream), not only its head (measured
+    training times: benchmarks/NOTES.md)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    trust_remote_code: bool = False
+    """Allow a hub model to run its own Python code. Off: loading never executes code from a folder."""
+    transfer_layers: int | None = None
+    """Fine-tuning: transfer the embeddings and the first k transformer blocks of the pretrained model and
+    re-initialise the blocks above k (GPT-1's Fig. 2 left; 0: embeddings only). Absent: every block."""
+
+    def _checks(self):
+        if self.tokenizer_train_bytes < 1:
+            yield "tokenizer_train_bytes", f"must be >= 1, got {self.tokenizer_train_bytes}"
+        if self.vocab_size < 300:
+            yield "vocab_size", f"must be >= 300 (256 bytes + merges + specials), got {self.vocab_size}"
+        if self.transfer_layers is not None and self.transfer_layers < 0:
+            yield "transfer_layers", f"must be >= 0, got {self.transfer_layers}"
+        if self.name_or_path is None and self.tokenizer is None:
+            yield "tokenizer", "must be set (a folder, a hub id, or 'train') when model.name_or_path is absent"
+
+
+@dataclass
+class DataConfig:
+    """Text for causal-LM pretraining."""
+
+    path: str = "data/books"
+    """A text file, a folder of .txt/.jsonl/.csv/.parquet files, or a hub dataset id (``name`` or
+    ``name:config``)."""
+    download_books: bool = False
+    """When ``data.path`` does not exist, fill it with public-domain Project Gutenberg books from the
+    Hugging Face hub (about 50 MB). Offline, the run stops and asks for ``--set data.path=DIR``."""
+    text_column: str = "text"
+    """Column holding the text in .jsonl/.csv/.parquet files and hub datasets."""
+    block_size: int = 256
+    """Tokens per training sequence; documents are packed into one stream cut into blocks."""
+    val_path: str | None = None
+    """Validation text (file, folder, ``datasets`` folder or hub id). Absent: held out of ``data.path`` by
+    ``data.val_split``."""
+    val_split: Literal["tail", "documents", "blocks"] = "tail"
+    """How validation is held out of ``data.path`` when ``data.val_path`` is absent: ``tail`` (the last
+    ``data.val_fraction`` of each document, cut at a line start: contiguous text the model never trains on),
+    ``documents`` (a seeded ``data.val_fraction`` of whole documents: for corpora of many short rows), or
+    ``blocks`` (a seeded random fraction of the packed blocks, as before; neighbouring blocks leak context)."""
+    val_fraction: float = 0.01
+    """Fraction held out for validation when ``data.val_path`` is absent (0: no validation)."""
+    num_proc: int = 2
+    """Worker processes for tokenization (``gptune prepare`` and the first ``gptune pretrain``)."""
+    max_tokens: int | None = None
+    """Stop reading a (streamed hub) corpus after this many training tokens (part of the prepared data's key)."""
+    revision: str | None = None
+    """Revision (branch, tag or commit) of a hub dataset ``data.path``. Absent: ``main``; pin a commit so
+    prepared shards cannot silently describe an older version of the dataset."""
+    fallback_encoding: str | None = None
+    """Encoding for text files that are not valid UTF-8 (e.g. ``latin-1``). Absent: such a file is an
+    error naming it and the first bad byte."""
+    cache_dir: str | None = None
+    """Cache root for token shards (``lm/``) and tokenized tasks (``tasks/``). Absent: ``$GPTUNE_CACHE``,
+    else ``~/.cache/gptune``."""
+
+    def _checks(self):
+        if self.block_size < 2:
+            yield "block_size", f"must be >= 2, got {self.block_size}"
+        if not 0 <= self.val_fraction < 1:
+            yield "val_fraction", f"must be in [0, 1), got {self.val_fraction}"
+        if self.num_proc < 1:
+            yield "num_proc", f"must be >= 1, got {self.num_proc}"
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            yield "max_tokens", f"must be > 0, got {self.max_tokens}"
+
+
+# Accelerate's trackers -> the module each needs (the pip package has the same name, comet_ml: comet-ml).
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim",
+            "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive"}
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: one Accelerate loop for pretraining and fine-tuning."""
+
+    max_steps: int | None = None
+    """Optimizer steps to run. Absent: ``train.epochs`` passes over the data. Changing it on
+    ``--resume`` extends (or shortens) the run with the lr continuous at the resume step: the warmup
+    keeps its number of steps and, past it, the decay is re-planned from the current lr to its floor at
+    the new total (a finished cosine run continues at ``lr * min_lr_ratio``)."""
+    epochs: float | None = None
+    """Passes over the training data when ``train.max_steps`` is absent."""
+    micro_batch_size: int = 8
+    """Sequences per forward pass per process."""
+    global_batch_size: int = 32
+    """Sequences per optimizer step over all processes; gradient accumulation makes up the
+    difference (global = micro x accumulation x processes)."""
+    lr: float = 6e-4
+    """Peak learning rate (GPT-1 pretraining: 2.5e-4; fine-tuning: 6.25e-5)."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup: cosine to ``min_lr_ratio`` (GPT-1 pretraining), linear to 0 (GPT-1
+    fine-tuning), or constant."""
+    warmup: float = 0.02
+    """Warmup: a number >= 1 is a count of steps, a number in [0, 1) a fraction of the run."""
+    min_lr_ratio: float = 0.1
+    """Cosine schedule ends at ``lr * min_lr_ratio`` after the last step. GPT-1 annealed to 0
+    (``recipes/gpt1.yaml``: 0); the default lr/10 is gptune's choice."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay on matrices (weights and embeddings; GPT-1's modified L2,
+    w=0.01); biases and LayerNorm gains are not decayed."""
+    beta1: float = 0.9
+    """AdamW beta1 (GPT-1: 0.9)."""
+    beta2: float = 0.95
+    """AdamW beta2. GPT-1 used Adam's 0.999 (``recipes/gpt1.yaml``, ``recipes/finetune.yaml``); the
+    default 0.95 is gptune's choice, steadier at the higher learning rates of small models."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    """Autocast precision through Accelerate. Absent: what the launcher says (``accelerate launch
+    --mixed_precision`` or the Accelerate config file), else fp32; set: overrides the launcher. bf16 is
+    much slower on CPUs without bf16 units."""
+    compile: bool = False
+    """``torch.compile`` the model (first steps slower while it compiles)."""
+    eval_every: int = 200
+    """Evaluate every N optimizer steps (0: only at the end)."""
+    eval_batches: int | None = 50
+    """Cap on validation batches per periodic evaluation (absent: the whole split)."""
+    save_every: int = 500
+    """Write a resumable checkpoint every N optimizer steps (0: only at the end and on interrupt);
+    every run ends with one, so it can be extended with ``--resume``."""
+    keep_last: int = 2
+    """Keep this many step checkpoints; older ones are deleted."""
+    log_every: int = 10
+    """Log loss, lr and tokens/s every N optimizer steps (reading the loss syncs the device)."""
+    tracker: list[str] = field(default_factory=list)
+    """Experiment trackers through Accelerate (logging dir: the run folder's logs/): any of tensorboard,
+    wandb, mlflow, aim, comet_ml, clearml, dvclive, several at once (a list or ``tensorboard,mlflow``);
+    empty or ``none``: metrics.jsonl only. They get every metrics.jsonl event (train loss, lr, gradient
+    norm; validation loss/perplexity; task metrics) at the same step."""
+    skip_nonfinite: int = 0
+    """Skip up to N optimizer steps whose loss is NaN/inf on any process before stopping the run (0: stop
+    at the first). All processes skip or stop together; a skipped step's batches are not retried."""
+    dist_timeout: int = 1800
+    """Seconds a process waits for the others in a collective (all-reduce, barrier) before the run fails
+    with an error, instead of hanging when one process died or stalled."""
+    num_workers: int | None = None
+    """DataLoader worker processes per training process (absent: 0 on CPU, 2 on CUDA, where batches are
+    also pinned for fast copies to the GPU)."""
+
+    @property
+    def trackers(self) -> list[str]:
+        """``tracker`` without ``none``."""
+        return [t for t in self.tracker if t != "none"]
+
+    def _checks(self):
+        unknown = [t for t in self.tracker if t not in TRACKERS and t != "none"]
+        if unknown:
+            yield "tracker", f"unknown tracker {', '.join(unknown)}; choose from none, {', '.join(TRACKERS)}"
+        if self.max_steps is not None and self.max_steps <= 0:
+            yield "max_steps", f"must be > 0, got {self.max_steps}"
+        if self.epochs is not None and self.epochs <= 0:
+            yield "epochs", f"must be > 0, got {self.epochs}"
+        if self.max_steps is None and self.epochs is None:
+            yield "max_steps", "set train.max_steps or train.epochs"
+        for k in ("micro_batch_size", "global_batch_size"):
+            if getattr(self, k) <= 0:
+                yield k, f"must be > 0, got {getattr(self, k)}"
+        if self.micro_batch_size > 0 and self.global_batch_size % self.micro_batch_size:
+            yield "global_batch_size", (
+                f"must be a multiple of train.micro_batch_size={self.micro_batch_size}, got {self.global_batch_size}"
+            )
+        if self.lr <= 0:
+            yield "lr", f"must be > 0, got {self.lr}"
+        if self.warmup < 0:
+            yield "warmup", f"must be >= 0, got {self.warmup}"
+        if not 0 <= self.min_lr_ratio <= 1:
+            yield "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
+        if self.weight_decay < 0:
+            yield "weight_decay", f"must be >= 0, got {self.weight_decay}"
+        for k in ("beta1", "beta2"):
+            if not 0 <= getattr(self, k) < 1:
+                yield k, f"must be in [0, 1), got {getattr(self, k)}"
+        if self.dist_timeout <= 0:
+            yield "dist_timeout", f"must be > 0, got {self.dist_timeout}"
+        if self.num_workers is not None and self.num_workers < 0:
+            yield "num_workers", f"must be >= 0, got {self.num_workers}"
+        for k in ("grad_clip", "eval_every", "save_every", "skip_nonfinite"):
+            if getattr(self, k) < 0:
+                yield k, f"must be >= 0, got {getattr(self, k)}"
+        if self.keep_last < 1:
+            yield "keep_last", f"must be >= 1, got {self.keep_last}"
+        if self.log_every < 1:
+            yield "log_every", f"must be >= 1, got {self.log_every}"
+        if self.eval_batches is not None and self.eval_batches < 1:
+            yield "eval_batches", f"must be >= 1, got {self.eval_batches}"
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters through PEFT (used by ``gptune finetune --lora``)."""
+
+    enabled: bool = False
+    """Train LoRA adapters (plus the task head and the new special-token rows) instead of all weights."""
+    r: int = 8
+    """Rank of the LoRA update."""
+    alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+    """Modules that get adapters (GPT-2 and GPT-1 names; both use Conv1D, so fan_in_fan_out is set)."""
+    merge: bool = False
+    """Also write a merged full model to ``final/merged``."""
+    save_embeddings: bool = True
+    """Save the whole input-embedding matrix, the trained new-token rows folded in, in the adapter (PEFT's
+    own convention for a resized vocabulary): every tool loads it, lm-evaluation-harness's ``peft=`` too
+    (it re-ties the embeddings, which fails on PEFT's trainable-token wrapper under transformers 5), at the
+    cost of vocabulary x width floats (GPT-2 small: ~154 MB). ``false``: only the new rows, as PEFT
+    trainable tokens (a few KB; loads in PEFT, transformers and gptune, not in lm-eval's ``peft=``)."""
+    lr: float | None = None
+    """Peak learning rate when LoRA is on (replaces ``train.lr``; absent: ``train.lr``). Adapters
+    start at zero and need a larger rate than full fine-tuning."""
+
+    def _checks(self):
+        if self.r <= 0:
+            yield "r", f"must be > 0, got {self.r}"
+        if self.alpha <= 0:
+            yield "alpha", f"must be > 0, got {self.alpha}"
+        if not 0 <= self.dropout < 1:
+            yield "dropout", f"must be in [0, 1), got {self.dropout}"
+        if self.lr is not None and self.lr <= 0:
+            yield "lr", f"must be > 0, got {self.lr}"
+        if not self.target_modules:
+            yield "target_modules", "must name at least one module"
+
+
+@dataclass
+class TaskConfig:
+    """The supervised task for ``gptune finetune``: a GLUE task by name, or your own files."""
+
+    name: str | None = None
+    """A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or a name for a custom task."""
+    data_dir: str | None = None
+    """GLUE data in the glue_data/ layout (else ``$GPTUNE_GLUE_DIR``, else ./glue_data, else the hub)."""
+    kind: Literal["classification", "entailment", "similarity", "multiple_choice"] | None = None
+    """Custom tasks: the GPT-1 input transformation to use."""
+    train_file: str | None = None
+    """Custom tasks: training rows (.csv, .tsv or .jsonl with a header / keys)."""
+    eval_file: str | None = None
+    """Custom tasks: evaluation rows, same format."""
+    text_fields: list[str] = field(default_factory=list)
+    """Custom tasks: text columns in order (multiple choice: context, then one column per candidate)."""
+    label_field: str = "label"
+    """Custom tasks: the label column."""
+    labels: list[str] | None = None
+    """Custom tasks: the label set (absent: regression on a float label)."""
+    max_length: int | None = None
+    """Longest input sequence after the GPT-1 transformation; longer inputs are truncated (the
+    longer segment first; the extract token is always kept). Absent: the model's context, as in GPT-1
+    (512). A value above the context is lowered to it. Batches are padded to their longest row only."""
+    lm_coef: float = 0.5
+    """Weight of the auxiliary language-modelling loss: L = L_task + lm_coef * L_lm (0 disables)."""
+    lm_loss_mean: Literal["sequence", "token"] = "sequence"
+    """How the auxiliary LM loss is averaged: ``sequence`` (GPT-1's code: each sequence's token mean,
+    then the mean over sequences, so short and long inputs weigh the same) or ``token`` (one mean over
+    every scored token of the micro-batch)."""
+    new_token_init: Literal["mean", "normal"] = "mean"
+    """Embedding rows of the new start/delimiter/extract tokens: ``mean`` (the mean embedding plus small
+    seeded noise: gptune's choice, the new tokens start as an average token) or ``normal`` (seeded
+    N(0, 0.02), like GPT-1's code, where they were fresh rows of its randomly initialised table)."""
+    clf_dropout: float = 0.1
+    """Dropout before the task head (GPT-1: 0.1)."""
+    input_style: Literal["gpt1", "plain"] = "gpt1"
+    """``gpt1``: special start/delimiter/extract tokens, head on the extract token (GPT-1). ``plain``:
+    run_glue's input exactly (the texts concatenated as ``tokenizer(a, b)`` joins them for GPT-2, nothing
+    added, one order for similarity), head on the last non-pad token as in GPT2ForSequenceClassification
+    (the baseline for ablations)."""
+    eval_every_epoch: bool = True
+    """Evaluate on the dev split(s) after every epoch."""
+    keep_best: bool = False
+    """``final/`` holds the weights of the best evaluation by the task's main metric (higher is better; with
+    several dev splits, the first one's), not the last step's. Each new best is written to ``best/``
+    during the run and becomes ``final/`` at the end."""
+
+    def _checks(self):
+        if self.lm_coef < 0:
+            yield "lm_coef", f"must be >= 0, got {self.lm_coef}"
+        if self.max_length is not None and self.max_length < 8:
+            yield "max_length", f"must be >= 8, got {self.max_length}"
+        if not 0 <= self.clf_dropout < 1:
+            yield "clf_dropout", f"must be in [0, 1), got {self.clf_dropout}"
+
+
+@dataclass
+class Recipe:
+    """A whole run: what to train, on what, how, and where the run folder goes."""
+
+    name: str = "run"
+    """Run name; the run folder defaults to runs/<name>."""
+    seed: int = 1337
+    """Seed for weights, data order, dropout and the validation split."""
+    out_dir: str | None = None
+    """Run folder (default: runs/<name>)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model and tokenizer."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Pretraining text."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """Fine-tuning task (fine-tuning only)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (fine-tuning only)."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, header: str = "") -> str:
+        body = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+        return (header + "\n" if header else "") + body

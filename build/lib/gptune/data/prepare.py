@@ -1,0 +1,405 @@
+"""Pretraining data: a corpus -> token shards on disk, prepared once; every run memory-maps them.
+
+Flow: ``open_source`` (files, a ``datasets`` folder or a hub stream) -> documents in corpus order ->
+the validation rule (``data.val_split``) sends each document, or its tail, to the ``train`` or ``val``
+stream -> ``encode_texts`` (bounded batches, ``data.num_proc`` workers) -> ``StreamWriter`` appends each
+document's ids and one EOS to fixed-size shard files -> ``meta.json`` -> the folder is renamed into
+place. Training reads ``TokenBlocks`` of ``data.block_size`` tokens: the stream cut exactly, only the
+final partial block dropped.
+
+The prepared folder ``CACHE/lm/<key>`` is keyed by the tokenizer, the block rule, the validation rule and
+the input (file paths, sizes and mtimes; or hub id + revision + ``data.max_tokens``). It is built under
+``CACHE/lm/.<key>.partial`` with a ``state.json`` rewritten after each completed document batch, so an
+interrupted preparation resumes there (documents already done are read again but not re-tokenized).
+Under several processes only the main process prepares; the others poll for the published folder
+(no collective, so no collective timeout however long tokenization takes), then all memory-map it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptune.config import DataConfig, Recipe
+from gptune.console import make_byte_progress, say
+from gptune.data.books import corpus_path
+from gptune.data.cache import entry_dir, entry_key
+from gptune.data.encode import encode_texts, tail_cut
+from gptune.data.shards import StreamWriter, TokenBlocks, TokenStream, token_dtype
+from gptune.data.sources import Source, open_source
+from gptune.errors import GptuneError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # bump when the shard format or the packing rule changes
+SHARD_TOKENS = 1 << 24  # tokens per shard file (32 MB as uint16), rounded down to whole blocks
+_CHECKPOINT_SECONDS = 2.0  # state.json at most this often (and whenever a shard fills)
+_POLL_SECONDS = 0.5
+HOLD_ENV = "GPTUNE_TEST_PREPARE_HOLD"
+"""Test hook: the main process waits for this many other processes to be polling before it prepares."""
+
+
+@dataclass
+class PackStats:
+    """What preparing produced, for the run summary and the tests."""
+
+    files: int
+    """Number of files read (0 for a hub dataset)."""
+    documents: int
+    """Documents read (books, table rows); each one (or each of its parts) is followed by one EOS."""
+    tokens: int
+    """Tokens in the train and validation streams (EOS included)."""
+    blocks_train: int
+    """Training blocks of ``data.block_size`` tokens."""
+    blocks_val: int
+    """Validation blocks (0 when there is no validation set)."""
+    dropped_tokens: int
+    """Tokens of the final partial block of each stream, which fill no whole block."""
+    shards: int = 0
+    """Shard files on disk."""
+    disk_bytes: int = 0
+    """Bytes of the shard files."""
+    text_bytes: int = 0
+    """Characters of text tokenized (about its bytes: UTF-8 English is nearly one byte a character)."""
+    seconds: float = 0.0
+    """Wall time of the preparation (0 when it was already prepared)."""
+    cached: bool = False
+    """True when the shards were already prepared (no tokenization ran)."""
+
+    def summary(self, folder: Path) -> str:
+        rate = ""
+        if self.seconds > 0:
+            rate = (f" in {self.seconds:.1f} s ({self.text_bytes / 1e6 / self.seconds:.1f} MB/s, "
+                    f"{self.tokens / 1e6 / self.seconds:.2f}M tokens/s)")
+        return (f"{'prepared' if not self.cached else 'already prepared'}: {self.tokens:,} tokens from "
+                f"{self.documents:,} documents -> {self.blocks_train:,} train / {self.blocks_val:,} val blocks, "
+                f"{self.shards} shard(s), {self.disk_bytes / 1e6:.1f} MB{rate} -> {folder}")
+
+
+@dataclass
+class LMData:
+    """Train/val blocks for causal-LM pretraining, memory-mapped from the prepared folder."""
+
+    train: TokenBlocks
+    """Training blocks."""
+    val: TokenBlocks | None
+    """Validation blocks; None when ``data.val_fraction`` is 0 and no ``data.val_path`` is given."""
+    stats: PackStats
+    """Counts of files, documents, tokens, blocks and dropped tokens."""
+    folder: Path
+    """The prepared folder."""
+    val_split: str
+    """``tail``, ``documents``, ``blocks``, ``path`` (data.val_path) or ``none``."""
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def load_pretrain_tokenizer(recipe: Recipe, run_dir: Path):
+    """The run's tokenizer; ``model.tokenizer=train`` trains one on a capped, corpus-wide sample of
+    ``data.path`` (saved in ``run_dir/tokenizer``, reused when it exists)."""
+    from gptune.tokenization import load_tokenizer
+
+    spec = recipe.model.tokenizer or recipe.model.name_or_path
+    d, m = recipe.data, recipe.model
+    texts = None
+    if spec == "train":
+        source = open_source(corpus_path(d.path, d.cache_dir), text_column=d.text_column, fallback_encoding=d.fallback_encoding,
+                             revision=d.revision)
+
+        def texts():
+            return source.sample(m.tokenizer_train_bytes, seed=recipe.seed)
+
+    return load_tokenizer(spec, run_dir=run_dir, train_texts=texts, vocab_size=m.vocab_size,
+                          trust_remote_code=m.trust_remote_code)
+
+
+def prepare_lm_data(data: DataConfig, tokenizer: Any, *, seed: int, main: bool = True, progress: bool = True,
+                    shard_tokens: int | None = None) -> LMData:
+    """The prepared token shards of `data` for `tokenizer`, preparing them first when missing.
+
+    `main`: this process prepares; others (``main=False``) wait for the main process to publish.
+    """
+    if tokenizer.eos_token_id is None:
+        raise GptuneError("the tokenizer has no EOS token (load it with gptune.tokenization.load_tokenizer)")
+    train_src = open_source(corpus_path(data.path, data.cache_dir), "data.path", text_column=data.text_column,
+                            fallback_encoding=data.fallback_encoding, revision=data.revision)
+    val_src = None
+    if data.val_path:
+        val_src = open_source(corpus_path(data.val_path, data.cache_dir), "data.val_path", text_column=data.text_column,
+                              fallback_encoding=data.fallback_encoding, revision=data.revision)
+    split = "path" if val_src else (data.val_split if data.val_fraction > 0 else "none")
+    shard_tokens = max(1, (shard_tokens or SHARD_TOKENS) // data.block_size) * data.block_size
+    folder = entry_dir("lm", _key(data, tokenizer, seed, split, shard_tokens, train_src, val_src), data.cache_dir)
+    if (folder / "meta.json").is_file():
+        return load_prepared(folder)
+    if not main:
+        _wait_ready(folder)
+        return load_prepared(folder)
+    with _lock(folder):
+        if (folder / "meta.json").is_file():  # another job published it while we waited for the lock
+            return load_prepared(folder)
+        _hold_for_test(folder)
+        t0 = time.perf_counter()
+        partial = folder.with_name(f".{folder.name}.partial")
+        meta = _build(partial, train_src, val_src, tokenizer, data, seed=seed, split=split,
+                      shard_tokens=shard_tokens, progress=progress)
+        meta["stats"]["seconds"] = time.perf_counter() - t0
+        (partial / "state.json").unlink(missing_ok=True)  # only an unfinished preparation needs it
+        (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+        os.rename(partial, folder)
+    out = load_prepared(folder)
+    out.stats.cached, out.stats.seconds = False, meta["stats"]["seconds"]
+    return out
+
+
+def load_prepared(folder: Path) -> LMData:
+    """Memory-map a published preparation."""
+    meta = json.loads((folder / "meta.json").read_text())
+    block = meta["block_size"]
+
+    def blocks(name: str, index: str | None) -> TokenBlocks:
+        s = meta["streams"][name]
+        stream = TokenStream(folder, name, s["dtype"], s["shard_tokens"], s["tokens"])
+        return TokenBlocks(stream, block, None if index is None else np.load(folder / index, mmap_mode="r"))
+
+    split = meta["val_split"]
+    if split == "blocks":
+        train, val = blocks("train", "train_blocks.npy"), blocks("train", "val_blocks.npy")
+    else:
+        train, val = blocks("train", None), blocks("val", None) if "val" in meta["streams"] else None
+    stats = PackStats(**meta["stats"])
+    stats.cached, stats.seconds = True, 0.0
+    return LMData(train=train, val=val, stats=stats, folder=folder, val_split=split)
+
+
+def validation_text(data: LMData, tokenizer: Any) -> str:
+    """The validation tokens as text: each held-out document (or, for ``val_split=blocks``, each block)
+    decoded without its EOS, joined as documents. Only whole blocks count: the text that the
+    validation loss scores."""
+    from gptune.data.eval_text import join_documents
+
+    val = data.val
+    if val is None or not len(val):
+        raise GptuneError("the run has no validation split (data.val_fraction=0); pass --data FILE")
+    eos = tokenizer.eos_token_id
+    if data.val_split == "blocks":
+        pieces = [val.block_ids(i) for i in range(len(val))]
+    else:
+        n = len(val) * val.block_size  # the whole blocks: what the validation loss scores
+        bounds = [0] + [int(e) for e in val.stream.document_ends() if e < n] + [n]
+        pieces = [val.stream.read(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
+    docs = []
+    for ids in pieces:
+        ids = np.asarray(ids)
+        ids = ids[:-1] if ids.size and ids[-1] == eos else ids
+        if ids.size:
+            docs.append(tokenizer.decode(ids.tolist()))
+    return join_documents(docs)
+
+
+# ----------------------------------------------------------------------------- key, lock, waiting
+
+
+def _key(data: DataConfig, tokenizer: Any, seed: int, split: str, shard_tokens: int, train_src: Source,
+         val_src: Source | None) -> str:
+    from gptune.tokenization import tokenizer_fingerprint
+
+    return entry_key({
+        "version": FORMAT_VERSION,
+        "train": train_src.signature,
+        "val": val_src.signature if val_src else None,
+        "val_split": split,
+        "val_fraction": data.val_fraction if split in ("tail", "documents", "blocks") else None,
+        "seed": seed if split in ("documents", "blocks") else None,
+        "text_column": data.text_column,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "block_size": data.block_size,
+        "max_tokens": data.max_tokens,
+        "fallback_encoding": data.fallback_encoding,
+        "shard_tokens": shard_tokens,
+    })
+
+
+@contextlib.contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    """One preparer per key on this machine (two jobs started together do not both tokenize)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(folder.with_name(f".{folder.name}.lock"), "w")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise GptuneError(f"data.cache_dir: cannot write prepared data under {folder.parent} ({e})") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+    finally:
+        fh.close()
+
+
+def _wait_ready(folder: Path) -> None:
+    """Poll until the main process publishes `folder`: no collective, so no timeout."""
+    rank = os.environ.get("RANK", "?")
+    marker = folder.with_name(f".{folder.name}.waiting-{rank}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    try:
+        while not (folder / "meta.json").is_file():
+            time.sleep(_POLL_SECONDS)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _hold_for_test(folder: Path) -> None:
+    want = int(os.environ.get(HOLD_ENV, "0"))
+    while want and len(list(folder.parent.glob(f".{folder.name}.waiting-*"))) < want:
+        time.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _held_out(i: int, seed: int, fraction: float) -> bool:
+    """Document `i` goes to validation (``val_split=documents``): a seeded, order-free coin."""
+    h = hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64 < fraction
+
+
+def _items(train_src: Source, val_src: Source | None, split: str, fraction: float, seed: int,
+           skip: int, counter: dict) -> Iterator[tuple[tuple[int, str, bool], str]]:
+    """``((document index, stream, last part of the document), text)`` for every document from `skip` on."""
+    sources = [(train_src, False)] + ([(val_src, True)] if val_src else [])
+    i = 0
+    for src, is_val in sources:
+        for text in src.documents():
+            if i >= skip:
+                counter["chars"] += len(text)
+                if is_val:
+                    yield (i, "val", True), text
+                elif split == "tail":
+                    cut = tail_cut(text, fraction)
+                    if cut < len(text):
+                        yield (i, "train", False), text[:cut]
+                        yield (i, "val", True), text[cut:]
+                    else:
+                        yield (i, "train", True), text
+                elif split == "documents":
+                    yield (i, "val" if _held_out(i, seed, fraction) else "train", True), text
+                else:
+                    yield (i, "train", True), text
+            i += 1
+
+
+def _build(partial: Path, train_src: Source, val_src: Source | None, tokenizer: Any, data: DataConfig, *,
+           seed: int, split: str, shard_tokens: int, progress: bool) -> dict:
+    dtype = token_dtype(len(tokenizer))
+    state_file = partial / "state.json"
+    fresh = {"documents": 0, "chars": 0, "streams": {}}
+    state = fresh
+    if state_file.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(state_file.read_text())
+        say(f"prepare: resuming an interrupted preparation after {state['documents']:,} documents")
+    elif partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    names = ["train"] + (["val"] if split in ("tail", "documents", "path") else [])
+    writers = {n: StreamWriter(partial, n, dtype, shard_tokens, **state["streams"].get(n, {})) for n in names}
+    eos = np.asarray([tokenizer.eos_token_id], dtype=dtype)
+    counter = {"chars": state["chars"]}
+    snapshot = dict(state)
+    last_save = time.monotonic()
+
+    def save(snap: dict) -> None:
+        for w in writers.values():
+            w.flush()
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(snap))
+        os.replace(tmp, state_file)
+
+    items = _items(train_src, val_src, split, data.val_fraction, seed, state["documents"], counter)
+    total = train_src.bytes if data.max_tokens is None else None
+    encoded = encode_texts(items, tokenizer, num_proc=data.num_proc)
+    with make_byte_progress() as bar, contextlib.closing(encoded):  # closing: stop the workers on a break
+        task = bar.add_task("tokenizing", total=total, completed=state["chars"], info="", visible=progress)
+        t0, tokens0 = time.perf_counter(), sum(w.tokens for w in writers.values())
+        for (doc, stream, last), ids in encoded:
+            w = writers[stream]
+            shards = w.shards
+            w.append(ids)
+            w.append(eos)
+            w.end_document()
+            if not last:
+                continue
+            snapshot = {"documents": doc + 1, "chars": counter["chars"],
+                        "streams": {n: {"tokens": x.tokens, "documents": x.documents} for n, x in writers.items()}}
+            tokens = sum(x.tokens for x in writers.values())
+            rate = (tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, completed=counter["chars"], info=f"{rate / 1e6:.2f}M tok/s")
+            if w.shards != shards or time.monotonic() - last_save > _CHECKPOINT_SECONDS:
+                save(snapshot)
+                last_save = time.monotonic()
+            if data.max_tokens is not None and writers["train"].tokens >= data.max_tokens:
+                break
+    save(snapshot)
+    for w in writers.values():
+        w.close()
+    return _finish(partial, writers, data, seed=seed, split=split, shard_tokens=shard_tokens, dtype=dtype,
+                   documents=snapshot["documents"], chars=snapshot["chars"],
+                   files=len(train_src.files) + (len(val_src.files) if val_src else 0))
+
+
+def _finish(partial: Path, writers: dict[str, StreamWriter], data: DataConfig, *, seed: int, split: str,
+            shard_tokens: int, dtype: np.dtype, documents: int, chars: int, files: int) -> dict:
+    """meta.json content: stream lengths (train capped at data.max_tokens), blocks, the blocks-mode split."""
+    block = data.block_size
+    n_train = writers["train"].tokens
+    if data.max_tokens is not None:
+        n_train = min(n_train, data.max_tokens)
+    streams = {"train": {"tokens": n_train, "shard_tokens": shard_tokens, "dtype": dtype.name}}
+    blocks_train = n_train // block
+    if blocks_train == 0:
+        raise GptuneError(f"data.path: the corpus has {n_train} tokens, fewer than one block of "
+                          f"data.block_size={block}; add text or lower data.block_size")
+    dropped = n_train - blocks_train * block
+    blocks_val = 0
+    if "val" in writers:
+        n_val = writers["val"].tokens
+        streams["val"] = {"tokens": n_val, "shard_tokens": shard_tokens, "dtype": dtype.name}
+        blocks_val = n_val // block
+        if blocks_val == 0:
+            if split == "path":
+                raise GptuneError(f"data.val_path: the corpus has {n_val} tokens, fewer than one block of "
+                                  f"data.block_size={block}; add text or lower data.block_size")
+            raise GptuneError(f"data.val_fraction={data.val_fraction}: the held-out validation text "
+                              f"(data.val_split={split}) has {n_val} tokens, fewer than one block of "
+                              f"data.block_size={block}; raise data.val_fraction or add text")
+        dropped += n_val - blocks_val * block
+    elif split == "blocks":
+        n_val = max(1, round(blocks_train * data.val_fraction))
+        if n_val >= blocks_train:
+            raise GptuneError(
+                f"data.val_fraction={data.val_fraction}: the corpus has only {blocks_train} block(s), not enough "
+                "for a training and a validation block; add text, lower data.block_size or set data.val_fraction=0")
+        perm = np.random.default_rng(seed).permutation(blocks_train)
+        # sorted: blocks keep corpus order (the train loader shuffles); identical for a given seed
+        np.save(partial / "train_blocks.npy", np.sort(perm[n_val:]))
+        np.save(partial / "val_blocks.npy", np.sort(perm[:n_val]))
+        blocks_train, blocks_val = blocks_train - n_val, n_val
+    disk = sum(p.stat().st_size for p in partial.glob("*.bin"))
+    stats = PackStats(files=files, documents=documents, tokens=n_train + streams.get("val", {}).get("tokens", 0),
+                      blocks_train=blocks_train, blocks_val=blocks_val, dropped_tokens=dropped,
+                      shards=len(list(partial.glob("*.bin"))), disk_bytes=disk, text_bytes=chars)
+    return {"version": FORMAT_VERSION, "block_size": block, "val_split": split, "streams": streams,
+            "stats": asdict(stats)}

@@ -1,0 +1,111 @@
+"""``gptune eval --task`` and ``gptune predict``: score or label a split with a task model rebuilt from
+its ``final/`` folder alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptune.config import Recipe
+from gptune.console import console, is_main_process, say
+from gptune.errors import GptuneError
+from gptune.recipes import build_recipe
+from gptune.tasks import TaskSpec
+
+
+def _eval_recipe(info, data_dir: str | None, batch_size: int = 16) -> Recipe:
+    """A recipe holding what the data pipeline needs to rebuild a task model's inputs."""
+    t = info.task
+    task = {"name": t.name, "data_dir": data_dir, "input_style": info.input_style, "max_length": info.max_length}
+    if not t.glue_dir:  # custom: the files recorded in task.json
+        task.update(kind=t.kind, train_file=t.splits.get("train"), eval_file=t.splits.get("validation"),
+                    text_fields=list(t.text_fields), label_field=t.label_field,
+                    labels=None if t.labels is None else list(t.labels))
+    return build_recipe({"model": {"name_or_path": "x"}, "task": task,
+                         "train": {"max_steps": 1, "micro_batch_size": batch_size // 2,
+                                   "global_batch_size": batch_size // 2}})
+
+
+def _same_task(info, task_name: str | None, model: str) -> None:
+    if task_name is None:
+        return
+    from gptune.tasks import get_task
+
+    try:
+        wanted = get_task(task_name).name
+    except GptuneError:
+        wanted = task_name  # a custom task's name
+    if wanted != info.task.name:
+        raise GptuneError(f"--model {model} was fine-tuned on task '{info.task.name}', not '{wanted}'; "
+                          f"pass --task {info.task.name} or a model fine-tuned on {wanted}")
+
+
+def _split_loaders(model_dir: str, task_name: str | None, data_dir: str | None, splits: tuple[str, ...] | None,
+                   base_model: str | None = None):
+    """Rebuild model + tokenizer + data loaders for ``splits`` from the model folder alone."""
+    from accelerate import Accelerator
+
+    from gptune.data.task_data import build_collator, build_task_loaders, load_task_data
+    from gptune.modeling.task_io import TaskModelInfo, check_model_folder, is_task_model, load_task_model
+
+    check_model_folder(model_dir)
+    if is_task_model(model_dir):  # refuse a task mismatch before loading any weights
+        _same_task(TaskModelInfo.read(Path(model_dir)), task_name, model_dir)
+    model, tokenizer, info = load_task_model(model_dir, base_model=base_model)
+    recipe = _eval_recipe(info, data_dir)
+    acc = Accelerator()
+    data = load_task_data(recipe, info.task, tokenizer, info.special_ids, acc, train_split=False,
+                          eval_splits=splits)
+    _, loaders = build_task_loaders(recipe, data, build_collator(recipe, info.task, tokenizer, info.special_ids))
+    model = acc.prepare(model)
+    loaders = {k: acc.prepare(v) for k, v in loaders.items()}
+    return acc, model, info, data, loaders
+
+
+def run_task_eval(model_dir: str, *, task: str | None = None, data_dir: str | None = None,
+                  split: str | None = None, base_model: str | None = None) -> dict:
+    """{split: metrics} of a fine-tuned task model on its eval split(s) (or ``split``)."""
+    from gptune.evaluation.glue import predict
+    from gptune.evaluation.metrics import compute_metrics
+
+    say(f"eval: model {model_dir} | data {data_dir or 'the task defaults (--data-dir, $GPTUNE_GLUE_DIR, ./glue_data, hub)'}")
+    acc, model, info, data, loaders = _split_loaders(model_dir, task, data_dir, (split,) if split else None,
+                                                      base_model)
+    results = {}
+    for name, loader in loaders.items():
+        preds, refs, _ = predict(acc, model, loader, info.task)
+        if refs and (refs[0] == -1 or refs[0] != refs[0]):
+            raise GptuneError(f"split '{name}' of task {info.task.name} has no labels to score; "
+                              "use gptune predict for unlabeled splits")
+        results[name] = compute_metrics(info.task, preds, refs)
+    _print_results(info.task, results)
+    return results
+
+
+def _print_results(task: TaskSpec, results: dict) -> None:
+    if not is_main_process():
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{task.name}", title_justify="left")
+    table.add_column("split")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for split, metrics in results.items():
+        for k, v in metrics.items():
+            table.add_row(split, k, f"{100 * v:.2f}")
+    console.print(table)
+
+
+def run_predict(model_dir: str, *, task: str | None = None, data_dir: str | None = None, split: str = "test",
+                out: str | None = None, base_model: str | None = None) -> Path:
+    """Label a split and write a GLUE-submission TSV (index, prediction)."""
+    from gptune.evaluation.glue import predict, write_submission
+
+    acc, model, info, data, loaders = _split_loaders(model_dir, task, data_dir, (split,), base_model)
+    preds, _, rows = predict(acc, model, loaders[split], info.task)
+    indices = data.evals[split]["idx"]
+    path = Path(out) if out else Path(model_dir) / f"predictions-{info.task.name}-{split}.tsv"
+    if acc.is_main_process:
+        write_submission(path, info.task, [indices[r] for r in rows], preds)
+    say(f"predict: {len(preds)} rows of {info.task.name}/{split} -> {path}")
+    return path

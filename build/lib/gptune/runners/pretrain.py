@@ -1,0 +1,195 @@
+"""``gptune pretrain``: causal-LM pretraining on packed text. Reads like a table of contents."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from gptune.config import Recipe
+from gptune.console import say, summary_table
+from gptune.data.collate import loader_kwargs
+from gptune.errors import GptuneError
+from gptune.training.checkpoint import TrainState
+from gptune.training.loop import EpochSampler, StepOutput, compile_in_place, train
+from gptune.training.run import RunSummary, finish, open_run, prepare_training, publish_final
+
+
+def choose_corpus(recipe: Recipe) -> tuple[Recipe, str]:
+    """The recipe with the corpus it will read (``embedded`` for missing books offline), and its name."""
+    from gptune.data.books import choose_corpus as choose
+
+    data, label = choose(recipe.data)
+    return dataclasses.replace(recipe, data=data), label
+
+
+def fetch_corpus(recipe: Recipe, accelerator) -> None:
+    """``data.download_books``: fill a missing ``data.path`` from the hub (main process only)."""
+    from gptune.data.books import fetch_corpus as fetch
+
+    with accelerator.main_process_first():
+        if accelerator.is_main_process:
+            fetch(recipe.data)
+
+
+def load_lm_data(recipe: Recipe, tokenizer, accelerator):
+    """The memory-mapped token shards; the main process prepares them when missing while the others poll
+    for them (no barrier: a long preparation cannot hit a collective timeout)."""
+    from gptune.data.prepare import prepare_lm_data
+
+    return prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed, main=accelerator.is_main_process)
+
+
+def build_loaders(recipe: Recipe, data):
+    micro = recipe.train.micro_batch_size
+    if len(data.train) < micro:
+        raise GptuneError(f"data.path: the corpus gives {len(data.train)} training blocks of "
+                          f"{recipe.data.block_size} tokens, fewer than train.micro_batch_size={micro}")
+    train_loader = torch.utils.data.DataLoader(
+        data.train, batch_size=micro, sampler=EpochSampler(len(data.train), recipe.seed), drop_last=True,
+        # each new iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
+        # so a run resumed mid-epoch sees the same dropout masks as an uninterrupted one
+        generator=torch.Generator().manual_seed(recipe.seed), **loader_kwargs(recipe.train),
+    )
+    val_loader = None
+    if data.val is not None and len(data.val):
+        val_loader = torch.utils.data.DataLoader(data.val, batch_size=micro, shuffle=False,
+                                                 **loader_kwargs(recipe.train))
+    return train_loader, val_loader
+
+
+def lm_step(model, batch) -> StepOutput:
+    loss, n = model(batch["input_ids"], batch.get("attention_mask"))
+    return StepOutput(loss=loss, tokens=int(batch["input_ids"].numel()))
+
+
+@torch.no_grad()
+def evaluate_lm(accelerator, model, loader, max_batches: int | None) -> dict:
+    """Token-weighted validation loss and perplexity over processes; ``gather_for_metrics`` drops the
+    samples Accelerate repeats to even out the last batch, so every block counts exactly once. The NLL
+    comes from the wrapped model's own forward, so sharded weights are gathered as in training."""
+    from gptune.losses import IGNORE_INDEX, shift_targets
+
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        targets = shift_targets(ids, mask)  # (B, T)
+        per_tok = model(ids, mask, targets=targets, per_token=True)  # (B, T)
+        seq_nll = per_tok.sum(1).double()  # (B,)
+        seq_n = (targets != IGNORE_INDEX).sum(1).double()  # (B,)
+        seq_nll, seq_n = accelerator.gather_for_metrics((seq_nll, seq_n))
+        nll += seq_nll.sum()
+        count += seq_n.sum()
+    mean = float(nll / count.clamp(min=1))
+    return {"val_loss": mean, "val_ppl": math.exp(mean), "val_tokens": int(count)}
+
+
+def sliding_window_val(accelerator, model, data, tokenizer, block_size: int) -> dict:
+    """The ``eval --ppl`` measure on the validation text (``validation_text``: with ``data.val_split`` tail or
+    documents, contiguous held-out text) with windows of block_size and stride block_size / 2
+    (``gptune eval --ppl --max-length B --stride B/2`` on the run gives the same)."""
+    from gptune.data.eval_text import encode_text
+    from gptune.data.prepare import validation_text
+    from gptune.evaluation.perplexity import perplexity_report, sliding_window_nll
+
+    text = validation_text(data, tokenizer)
+    result = sliding_window_nll(model, encode_text(tokenizer, text), max_length=block_size, stride=block_size // 2,
+                                accelerator=accelerator if accelerator.num_processes > 1 else None)
+    report = perplexity_report(result, text)
+    return {"val_ppl_sliding": report["perplexity"], "val_bits_per_byte": report["bits_per_byte"],
+            "val_sliding_stride": result.stride}
+
+
+def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, metrics: dict) -> Path:
+    """``final/``: a save_pretrained model + tokenizer that AutoModelForCausalLM/AutoTokenizer load,
+    with the recipe and metrics beside it. Written to a temporary folder, then renamed."""
+    final = run_dir / "final"
+    accelerator.wait_for_everyone()
+    lm = accelerator.unwrap_model(model).lm
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        from gptune.modeling.gpt import without_tied_copies
+
+        inner = without_tied_copies(lm, {k.removeprefix("lm."): v for k, v in state_dict.items()})
+
+        def write(tmp: Path) -> None:
+            lm.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+
+        publish_final(run_dir, write, recipe_yaml, metrics)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
+                 command: str = "gptune pretrain") -> RunSummary:
+    from accelerate.utils import set_seed
+
+    from gptune.data.prepare import load_pretrain_tokenizer
+    from gptune.modeling.gpt import LMWithLoss, build_causal_lm, context_length, count_parameters, set_threads
+
+    t0 = time.perf_counter()
+    set_threads()
+    recipe, corpus = choose_corpus(recipe)
+    say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} | "
+        f"data {corpus} | out {recipe.run_dir}")
+    accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
+    set_seed(recipe.seed)
+    fetch_corpus(recipe, accelerator)
+    with accelerator.main_process_first():  # the main process trains/saves the tokenizer, the others reuse it
+        tokenizer = load_pretrain_tokenizer(recipe, run_dir)
+    lm = build_causal_lm(recipe.model, tokenizer)
+    context = context_length(lm.config)
+    if context is not None and recipe.data.block_size > context:
+        raise GptuneError(f"data.block_size={recipe.data.block_size} is larger than the model's context "
+                          f"({context}); lower it or raise model.config.n_positions")
+    data = load_lm_data(recipe, tokenizer, accelerator)
+    model = LMWithLoss(lm)
+    if recipe.train.compile:
+        compile_in_place(model)
+    say(f"  {count_parameters(lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} train / "
+        f"{len(data.val) if data.val is not None else 0} validation blocks of {recipe.data.block_size}"
+        f"{' (cached)' if data.stats.cached else ''}")
+    if not data.stats.cached:
+        say("  " + data.stats.summary(data.folder))
+    if data.stats.dropped_tokens:
+        say(f"  packing dropped the final partial block: {data.stats.dropped_tokens} tokens")
+    train_loader, val_loader = build_loaders(recipe, data)
+    t = prepare_training(accelerator, recipe, model, train_loader, run_dir=run_dir, ckpt=ckpt, command=command)
+    model, metrics = t.model, t.metrics
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+
+    def evaluate_fn(st: TrainState) -> dict:
+        if val_loader is None:
+            return {}
+        out = evaluate_lm(accelerator, model, val_loader, recipe.train.eval_batches)
+        metrics.write("eval", step=st.step, **out)
+        return out
+
+    state = train(accelerator=accelerator, model=model, optimizer=t.optimizer, scheduler=t.scheduler,
+                  loader=t.loader, cfg=recipe.train, state=t.state, step_fn=lm_step,
+                  evaluate_fn=evaluate_fn, checkpointer=t.checkpointer, metrics=metrics, description="pretrain")
+    t.checkpointer.save_unless_saved(state)  # every run ends with a resumable checkpoint
+    final_metrics = {}
+    if val_loader is not None:
+        final_metrics = evaluate_lm(accelerator, model, val_loader, None)
+        final_metrics.update(sliding_window_val(accelerator, model, data, tokenizer, recipe.data.block_size))
+        metrics.write("eval", step=state.step, final=True, **final_metrics)
+    final = save_final(accelerator, model, tokenizer, run_dir, t.recipe_yaml, {"step": state.step, **final_metrics})
+    metrics.close()
+    if accelerator.is_main_process:
+        from gptune.plot import write_curves
+
+        write_curves(run_dir)
+    finish(accelerator)
+    summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
+    summary_table("pretrain finished", summary.rows())
+    return summary
