@@ -64,7 +64,8 @@ def test_final_folder_loads_with_auto_classes_and_gives_identical_logits(books):
     wrapped = LMWithLoss(AutoModelForCausalLM.from_pretrained(final))
     wrapped.load_state_dict(state, strict=False)
     with torch.no_grad():
-        assert torch.equal(model(ids).logits, wrapped.lm.eval()(ids).logits)
+        # the same weights; the forward kernels may differ (gptune's fused GELU vs transformers' own): fp32 1e-6
+        torch.testing.assert_close(model(ids).logits, wrapped.lm.eval()(ids).logits, rtol=1e-6, atol=1e-6)
     out = pipeline("text-generation", model=model, tokenizer=tok)("The cat", max_new_tokens=5, do_sample=False)
     assert out[0]["generated_text"].startswith("The cat")
 
