@@ -93,6 +93,8 @@ def test_books_recipe_runs_offline_on_the_embedded_corpus(fresh, capsys):
     assert [b.name for b in books] == [p.name.removesuffix(".xz") for p in packed] and len(books) == 13
     assert books[0].read_bytes() == lzma.decompress(packed[0].read_bytes())
     assert books[0].read_text(encoding="utf-8").startswith("[Emma by Jane Austen 1816]")
+    caesar = lzma.decompress(packed[[p.name for p in packed].index("shakespeare-caesar.txt.xz")].read_bytes())
+    assert (fresh / books[0].parent / "shakespeare-caesar.txt").read_text(encoding="utf-8") == caesar.decode("latin-1")
 
 
 def test_an_existing_books_folder_is_read_as_before(fresh, capsys):

@@ -44,13 +44,19 @@ def embedded_books(cache_dir: str | Path | None = None) -> Path:
     from gptune.data.cache import entry_dir, entry_key, publish
 
     files = _embedded_files()
-    folder = entry_dir("corpus", "books-" + entry_key([(f.name, f.stat().st_size) for f in files], 12), cache_dir)
+    folder = entry_dir("corpus", "books-" + entry_key(["utf-8", *((f.name, f.stat().st_size) for f in files)], 12),
+                       cache_dir)
     if folder.is_dir():
         return folder
 
     def write(tmp: Path) -> None:
         for f in files:
-            (tmp / f.name.removesuffix(".xz")).write_bytes(lzma.decompress(f.read_bytes()))
+            data = lzma.decompress(f.read_bytes())
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:  # two of the books are Latin-1 as NLTK ships them: UTF-8 for every recipe
+                data = data.decode("latin-1").encode("utf-8")
+            (tmp / f.name.removesuffix(".xz")).write_bytes(data)
 
     if not publish(folder, write) and not folder.is_dir():
         raise GptuneError(f"data.cache_dir: cannot write the embedded corpus to {folder.parent}; "
