@@ -15,7 +15,8 @@ def run_prepare(recipe: Recipe):
     from gptune.data.prepare import load_pretrain_tokenizer, prepare_lm_data
 
     data_cfg, corpus = choose_corpus(recipe.data)
-    say(f"prepare: data {corpus}")
+    if corpus != recipe.data.path:  # embedded, or downloading: say so before the work
+        say(f"prepare: data {corpus}")
     recipe = dataclasses.replace(recipe, data=data_cfg)
     fetch_corpus(recipe.data)
     tokenizer = load_pretrain_tokenizer(recipe, recipe.run_dir)
