@@ -1,4 +1,0 @@
-from gptune.cli import main
-
-if __name__ == "__main__":
-    main()
