@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptune.cli import main
+from conftest import run_cli_captured
 from gptune.recipes import all_shipped, read_recipe_file, resolve_shipped, shipped
 
 SHRINK = ["--set", "train.max_steps=2", "--set", "model.vocab_size=400", "--set", "model.config.n_layer=1",
@@ -17,15 +17,7 @@ SHRINK = ["--set", "train.max_steps=2", "--set", "model.vocab_size=400", "--set"
           "--set", "train.eval_every=0", "--set", "train.save_every=0"]
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run_cli = run_cli_captured
 
 
 @pytest.fixture()

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from conftest import make_text
-from gptune.cli import main
+from conftest import make_text, run_cli_captured
 
 BOOKS = (
     "# gptune pretrain recipes/books.yaml\nname: books\n"
@@ -17,15 +16,7 @@ BOOKS = (
 )
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run_cli = run_cli_captured
 
 
 @pytest.fixture()
