@@ -84,7 +84,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-
 # ----------------------------------------------------------------------------- the model card
 def _read(final: Path) -> tuple[dict, dict, dict | None, dict | None]:
     def load(name: str, parse):
