@@ -2,11 +2,19 @@
 source of ``gptune recipes docs``) and range checks in ``_checks``. Reading YAML, flags and ``--set``
 into a ``Recipe`` is ``gptune.recipes``; the reference docs are ``gptune.recipe_docs``.
 
+Every section validates itself in ``__post_init__``, built from YAML or in code (``TrainConfig(lr=-1)``
+raises, naming ``train.lr``); ``Recipe`` adds the checks that span sections. ``Recipe.check_complete``
+holds what a run needs beyond valid values (a step budget, a tokenizer): the default ``Recipe()`` is valid
+but not runnable. While ``gptune.recipes`` builds a recipe it collects every problem (``collecting``) and
+reports them all at once.
+
 No torch import here: ``gptune --help`` and ``gptune recipes validate`` stay fast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +22,48 @@ from typing import Any, Literal
 
 import yaml
 
+from gptune.errors import GptuneError
+
+_PROBLEMS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("gptune_recipe_problems",
+                                                                            default=None)
+
+
+@contextlib.contextmanager
+def collecting(problems: list[str]):
+    """Inside: sections append their problems to ``problems`` instead of raising (one report of all)."""
+    token = _PROBLEMS.set(problems)
+    try:
+        yield problems
+    finally:
+        _PROBLEMS.reset(token)
+
+
+def report(problems: list[str]) -> None:
+    """Raise one error listing ``problems`` (or hand them to the enclosing ``collecting``)."""
+    sink = _PROBLEMS.get()
+    if sink is not None:
+        sink.extend(problems)
+    elif problems:
+        raise GptuneError(*problems)
+
+
+class Checked:
+    """A section that validates itself when built or replaced: ``_checks`` yields (key, message)."""
+
+    _prefix = ""
+
+    def __post_init__(self):
+        report([f"{self._prefix}{key}: {message}" for key, message in self._checks()])
+
+    def _checks(self):
+        return ()
+
 
 # --------------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------------
 @dataclass
-class ArchConfig:
+class ArchConfig(Checked):
     """Architecture of a randomly initialised model (ignored when ``model.name_or_path`` is set,
     except ``dropout`` which is applied to pretrained models too)."""
 
@@ -45,7 +89,7 @@ class ArchConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     """Which model to train and with which tokenizer."""
 
     name_or_path: str | None = None
@@ -80,12 +124,10 @@ class ModelConfig:
             yield "vocab_size", f"must be >= 300 (256 bytes + merges + specials), got {self.vocab_size}"
         if self.transfer_layers is not None and self.transfer_layers < 0:
             yield "transfer_layers", f"must be >= 0, got {self.transfer_layers}"
-        if self.name_or_path is None and self.tokenizer is None:
-            yield "tokenizer", "must be set (a folder, a hub id, or 'train') when model.name_or_path is absent"
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """Text for causal-LM pretraining."""
 
     path: str = "data/books"
@@ -140,7 +182,7 @@ TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", 
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """Optimisation: one Accelerate loop for pretraining and fine-tuning."""
 
     max_steps: int | None = None
@@ -220,8 +262,6 @@ class TrainConfig:
             yield "max_steps", f"must be > 0, got {self.max_steps}"
         if self.epochs is not None and self.epochs <= 0:
             yield "epochs", f"must be > 0, got {self.epochs}"
-        if self.max_steps is None and self.epochs is None:
-            yield "max_steps", "set train.max_steps or train.epochs"
         for k in ("micro_batch_size", "global_batch_size"):
             if getattr(self, k) <= 0:
                 yield k, f"must be > 0, got {getattr(self, k)}"
@@ -256,7 +296,7 @@ class TrainConfig:
 
 
 @dataclass
-class LoraConfig:
+class LoraConfig(Checked):
     """LoRA adapters through PEFT (used by ``gptune finetune --lora``)."""
 
     enabled: bool = False
@@ -295,7 +335,7 @@ class LoraConfig:
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(Checked):
     """The supervised task for ``gptune finetune``: a GLUE task by name, or your own files."""
 
     name: str | None = None
@@ -351,6 +391,11 @@ class TaskConfig:
             yield "clf_dropout", f"must be in [0, 1), got {self.clf_dropout}"
 
 
+for _section, _p in (("ArchConfig", "model.config."), ("ModelConfig", "model."), ("DataConfig", "data."),
+                    ("TrainConfig", "train."), ("LoraConfig", "lora."), ("TaskConfig", "task.")):
+    globals()[_section]._prefix = _p
+
+
 @dataclass
 class Recipe:
     """A whole run: what to train, on what, how, and where the run folder goes."""
@@ -371,6 +416,29 @@ class Recipe:
     """Fine-tuning task (fine-tuning only)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters (fine-tuning only)."""
+
+    def __post_init__(self):
+        report(list(self._checks()))
+
+    def _checks(self):
+        """What spans sections (each message names the key to change)."""
+        m, d = self.model, self.data
+        if m.name_or_path is None and d.block_size > m.config.n_positions > 0:
+            yield (f"data.block_size={d.block_size} is larger than the model's context "
+                   f"(model.config.n_positions={m.config.n_positions}); lower it or raise model.config.n_positions")
+        if self.lora.merge and not self.lora.enabled:
+            yield ("lora.merge: folds LoRA adapters into the model, and lora.enabled is false (a full fine-tune's "
+                   "final/ is already a full model); drop --merge or pass --lora")
+
+    def check_complete(self) -> None:
+        """What a run needs beyond valid values, all reported at once (the default ``Recipe()`` lacks both)."""
+        problems = []
+        if self.model.name_or_path is None and self.model.tokenizer is None:
+            problems.append("model.tokenizer: must be set (a folder, a hub id, or 'train') when "
+                            "model.name_or_path is absent")
+        if self.train.max_steps is None and self.train.epochs is None:
+            problems.append("train.max_steps: set train.max_steps or train.epochs")
+        report(problems)
 
     @property
     def run_dir(self) -> Path:

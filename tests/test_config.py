@@ -129,3 +129,58 @@ def test_whole_numbers_in_exponent_form_are_ints_and_fractions_are_not():
     assert r.data.max_tokens == 2_000_000_000 and isinstance(r.data.max_tokens, int)
     with pytest.raises(GptuneError, match=r"data\.max_tokens: expected int or null, got 2\.5"):
         build_recipe({"model": {"tokenizer": "t"}, "train": {"max_steps": 1}}, sets=["data.max_tokens=2.5"])
+
+
+# ----------------------------------------------------------------------------- validation in code (#27)
+def test_a_section_built_in_code_validates_itself_naming_the_key():
+    from gptune.config import ArchConfig, LoraConfig, TrainConfig
+
+    with pytest.raises(GptuneError, match=r"^train\.lr: must be > 0, got -1$"):
+        TrainConfig(max_steps=1, lr=-1)
+    with pytest.raises(GptuneError) as e:  # every problem of the section at once
+        ArchConfig(n_head=3, n_embd=32, dropout=1.5)
+    assert e.value.problems == ["model.config.n_embd: must be divisible by model.config.n_head=3, got 32",
+                                "model.config.dropout: must be in [0, 1), got 1.5"]
+    import dataclasses
+
+    with pytest.raises(GptuneError, match=r"lora\.r: must be > 0"):  # replace() re-validates
+        dataclasses.replace(LoraConfig(), r=0)
+
+
+def test_cross_section_checks_run_in_code_and_from_yaml_all_at_once():
+    from gptune.config import ArchConfig, DataConfig, LoraConfig, ModelConfig
+
+    with pytest.raises(GptuneError, match=r"data\.block_size=128 is larger than the model's context "
+                                          r"\(model\.config\.n_positions=64\)"):
+        Recipe(model=ModelConfig(config=ArchConfig(n_positions=64)), data=DataConfig(block_size=128))
+    with pytest.raises(GptuneError) as e:
+        build_recipe({"model": {"tokenizer": "train", "config": {"n_positions": 64}},
+                      "data": {"block_size": 128}, "train": {"max_steps": 1, "lr": -1},
+                      "lora": {"merge": True}})
+    keys = [p.split(":")[0].split("=")[0] for p in e.value.problems]
+    assert keys == ["train.lr", "data.block_size", "lora.merge"]
+    # a pretrained model's own context is read at run time, so n_positions does not apply to it
+    assert Recipe(model=ModelConfig(name_or_path="some/model", config=ArchConfig(n_positions=64)),
+                  data=DataConfig(block_size=128)).data.block_size == 128
+    with pytest.raises(GptuneError, match="lora.merge"):
+        Recipe(lora=LoraConfig(merge=True))
+
+
+def test_the_default_recipe_is_valid_but_not_complete():
+    r = Recipe()
+    with pytest.raises(GptuneError) as e:
+        r.check_complete()
+    assert [p.split(":")[0] for p in e.value.problems] == ["model.tokenizer", "train.max_steps"]
+
+
+def test_a_run_refuses_block_size_beyond_a_pretrained_context_before_writing(tmp_path, monkeypatch,
+                                                                            tiny_model_dir):
+    from gptune.runners.pretrain import run_pretrain
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("a few words of text\n" * 50)
+    r = build_recipe({"model": {"name_or_path": tiny_model_dir}, "out_dir": "runs/ctx",
+                      "data": {"path": "a.txt", "block_size": 128}, "train": {"max_steps": 1}})
+    with pytest.raises(GptuneError, match=r"data\.block_size=128 is larger than the model's context \(64\)"):
+        run_pretrain(r)
+    assert not (tmp_path / "runs").exists()  # refused before the run folder (or a tokenizer, shards) exists

@@ -92,10 +92,10 @@ def test_data_loaders_use_workers_and_pinned_memory_on_cuda(monkeypatch):
     from gptune.runners.pretrain import build_loaders
 
     cfg = TrainConfig(max_steps=1)
-    assert loader_kwargs(cfg) == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
-    assert loader_kwargs(TrainConfig(max_steps=1, num_workers=3))["num_workers"] == 3
+    assert loader_kwargs(cfg.num_workers) == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
+    assert loader_kwargs(TrainConfig(max_steps=1, num_workers=3).num_workers)["num_workers"] == 3
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert loader_kwargs(cfg) == {"num_workers": 2, "pin_memory": True, "persistent_workers": True}
+    assert loader_kwargs(cfg.num_workers) == {"num_workers": 2, "pin_memory": True, "persistent_workers": True}
     blocks = [{"input_ids": torch.arange(8)} for _ in range(16)]
     recipe = types.SimpleNamespace(train=TrainConfig(max_steps=1, micro_batch_size=4), seed=0,
                                    data=types.SimpleNamespace(block_size=8))

@@ -85,9 +85,9 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return iter(out)
 
 
-def loader_kwargs(cfg) -> dict:
+def loader_kwargs(num_workers: int | None = None) -> dict:
     """DataLoader worker and pinning options: ``train.num_workers`` (default 0 on CPU, where the cores train,
     and 2 on CUDA, where batches are then prepared while the GPU computes) and pinned memory on CUDA."""
     cuda = torch.cuda.is_available()
-    workers = cfg.num_workers if cfg.num_workers is not None else (2 if cuda else 0)
+    workers = num_workers if num_workers is not None else (2 if cuda else 0)
     return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}

@@ -22,7 +22,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from gptune.config import Recipe
+from gptune.config import Recipe, collecting
 from gptune.errors import GptuneError
 
 
@@ -123,11 +123,8 @@ def _build(cls, raw: Any, prefix: str, problems: list[str]):
             problems.append(f"{prefix}{key}: expected {type_name(tp)}, got {value!r}")
             continue
         kwargs[key] = out
-    obj = cls(**kwargs)
-    if hasattr(obj, "_checks"):
-        for key, message in obj._checks():
-            problems.append(f"{prefix}{key}: {message}")
-    return obj
+    with collecting(problems):  # the section's own checks (and Recipe's across sections), all collected
+        return cls(**kwargs)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -276,6 +273,8 @@ def build_recipe(raw: dict | None = None, overrides: dict[str, Any] | None = Non
             continue
         _set_dotted(raw, key, value)
     recipe = _build(Recipe, raw, "", problems)
+    with collecting(problems):
+        recipe.check_complete()
     if problems:
         head = f"{source}: " if source else ""
         raise GptuneError(*[head + p for p in problems])

@@ -5,24 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptune.config import Recipe
 from gptune.console import console, is_main_process, say
 from gptune.errors import GptuneError
-from gptune.recipes import build_recipe
 from gptune.tasks import TaskSpec
+from gptune.training.loop import inference_accelerator
 
-
-def _eval_recipe(info, data_dir: str | None, batch_size: int = 16) -> Recipe:
-    """A recipe holding what the data pipeline needs to rebuild a task model's inputs."""
-    t = info.task
-    task = {"name": t.name, "data_dir": data_dir, "input_style": info.input_style, "max_length": info.max_length}
-    if not t.glue_dir:  # custom: the files recorded in task.json
-        task.update(kind=t.kind, train_file=t.splits.get("train"), eval_file=t.splits.get("validation"),
-                    text_fields=list(t.text_fields), label_field=t.label_field,
-                    labels=None if t.labels is None else list(t.labels))
-    return build_recipe({"model": {"name_or_path": "x"}, "task": task,
-                         "train": {"max_steps": 1, "micro_batch_size": batch_size // 2,
-                                   "global_batch_size": batch_size // 2}})
+EVAL_BATCH_SIZE = 16
+"""Rows per evaluation batch of ``eval --task`` / ``predict``."""
 
 
 def _same_task(info, task_name: str | None, model: str) -> None:
@@ -42,8 +31,6 @@ def _same_task(info, task_name: str | None, model: str) -> None:
 def _split_loaders(model_dir: str, task_name: str | None, data_dir: str | None, splits: tuple[str, ...] | None,
                    base_model: str | None = None):
     """Rebuild model + tokenizer + data loaders for ``splits`` from the model folder alone."""
-    from accelerate import Accelerator
-
     from gptune.data.task_data import build_collator, build_task_loaders, load_task_data
     from gptune.modeling.task_io import TaskModelInfo, check_model_folder, is_task_model, load_task_model
 
@@ -51,11 +38,11 @@ def _split_loaders(model_dir: str, task_name: str | None, data_dir: str | None, 
     if is_task_model(model_dir):  # refuse a task mismatch before loading any weights
         _same_task(TaskModelInfo.read(Path(model_dir)), task_name, model_dir)
     model, tokenizer, info = load_task_model(model_dir, base_model=base_model)
-    recipe = _eval_recipe(info, data_dir)
-    acc = Accelerator()
-    data = load_task_data(recipe, info.task, tokenizer, info.special_ids, acc, train_split=False,
-                          eval_splits=splits)
-    _, loaders = build_task_loaders(recipe, data, build_collator(recipe, info.task, tokenizer, info.special_ids))
+    acc = inference_accelerator()
+    data = load_task_data(info.task, tokenizer, info.special_ids, acc, data_dir=data_dir, style=info.input_style,
+                          max_length=info.max_length, train_split=False, eval_splits=splits)
+    collate = build_collator(info.task, tokenizer, info.special_ids, info.input_style)
+    _, loaders = build_task_loaders(data, collate, micro_batch_size=EVAL_BATCH_SIZE // 2)
     model = acc.prepare(model)
     loaders = {k: acc.prepare(v) for k, v in loaders.items()}
     return acc, model, info, data, loaders

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 from gptune.config import Recipe
-from gptune.console import console, is_main_process, say, summary_table
+from gptune.console import console, is_main_process, say
 from gptune.errors import GptuneError
 from gptune.hub import hub_reachable
 from gptune.recipes import build_recipe, read_recipe_file
 from gptune.tasks import GLUE_TASKS, TaskSpec, build_task_spec
 from gptune.training.checkpoint import TrainState, newest_final
-from gptune.training.loop import StepOutput, compile_in_place, train
-from gptune.training.run import RunSummary, finish, open_run, prepare_training, promote_best, publish_final
+from gptune.training.loop import StepOutput, compile_in_place
+from gptune.training.run import Run, RunSummary
 
 DEFAULT_RECIPE = "finetune"
 """The shipped recipe ``gptune finetune`` reads without ``--recipe`` (``gptune recipes cp finetune`` to edit it)."""
@@ -126,36 +126,26 @@ def fit_max_length(recipe: Recipe, spec: str) -> Recipe:
     return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=ctx))
 
 
-def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
-                 command: str = "gptune finetune", merge: bool | None = None) -> RunSummary:
-    from accelerate.utils import set_seed
+def prepare_recipe(recipe: Recipe, *, reuse: bool) -> tuple[Recipe, TaskSpec]:
+    """Everything settled before the run folder exists: the model, lr, folder, sources and max_length."""
+    from gptune.modeling.task_io import check_model_folder
 
-    from gptune.data.task_data import build_collator, build_task_loaders, load_task_data
-    from gptune.evaluation.glue import evaluate_splits, flat_metrics
-    from gptune.modeling.gpt import context_length, count_parameters, set_threads
-    from gptune.modeling.heads import add_task_tokens
-    from gptune.modeling.task_io import build_task_model, check_model_folder
-    from gptune.tokenization import load_tokenizer
-
-    t0 = time.perf_counter()
-    set_threads()
     auto_model = recipe.model.name_or_path in (None, AUTO)
-    recipe = resolve_recipe(recipe, reuse=bool(resume) or overwrite)
+    recipe = resolve_recipe(recipe, reuse=reuse)
     task = build_task_spec(recipe.task)
-    spec = recipe.model.name_or_path
-    check_model_folder(spec)
+    check_model_folder(recipe.model.name_or_path)
     check_sources(recipe, task, auto_model=auto_model)
-    mode = "lora" if recipe.lora.enabled else "full"
     if is_main_process():  # one unwrapped line: what runs, on what, where
-        console.print(f"finetune {task.name} ({mode}): model {spec} | data {_data_where(task, recipe.task.data_dir)}"
-                      f" | out {recipe.run_dir}", soft_wrap=True)
-    recipe = fit_max_length(recipe, spec)
-    accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
-    set_seed(recipe.seed)
-    tokenizer = load_tokenizer(recipe.model.tokenizer or spec,
-                               field="model.tokenizer" if recipe.model.tokenizer else "--model")
-    special_ids = add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
-    data = load_task_data(recipe, task, tokenizer, special_ids, accelerator)
+        console.print(f"finetune {task.name} ({_mode(recipe)}): model {recipe.model.name_or_path} | data "
+                      f"{_data_where(task, recipe.task.data_dir)} | out {recipe.run_dir}", soft_wrap=True)
+    return fit_max_length(recipe, recipe.model.name_or_path), task
+
+
+def build_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids):
+    """The task model (LM + classifier head, LoRA when enabled), compiled when ``train.compile``."""
+    from gptune.modeling.gpt import context_length
+    from gptune.modeling.task_io import build_task_model
+
     model = build_task_model(recipe, task, tokenizer, special_ids)
     if recipe.train.compile:
         compile_in_place(model)
@@ -163,59 +153,77 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     if context is not None and recipe.task.max_length > context:
         raise GptuneError(f"task.max_length={recipe.task.max_length} is larger than the model's context "
                           f"({context}); lower it")
+    return model
+
+
+def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
+                 command: str = "gptune finetune", merge: bool | None = None) -> RunSummary:
+    from accelerate.utils import set_seed
+
+    from gptune.data.task_data import build_collator, build_task_loaders, load_task_data
+    from gptune.evaluation.glue import evaluate_splits, flat_metrics
+    from gptune.modeling.gpt import count_parameters, set_threads
+    from gptune.modeling.heads import add_task_tokens
+    from gptune.tokenization import load_tokenizer
+
+    t0 = time.perf_counter()
+    set_threads()
+    recipe, task = prepare_recipe(recipe, reuse=bool(resume) or overwrite)
+    merge = recipe.lora.merge if merge is None else merge
+    run = Run(recipe, resume=resume, overwrite=overwrite, command=command, started=t0)
+    set_seed(recipe.seed)
+    tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.name_or_path,
+                               field="model.tokenizer" if recipe.model.tokenizer else "--model")
+    special_ids = add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
+    tc = recipe.task
+    data = load_task_data(task, tokenizer, special_ids, run.accelerator, data_dir=tc.data_dir, style=tc.input_style,
+                          max_length=tc.max_length, cache_dir=recipe.data.cache_dir)
+    model = build_model(recipe, task, tokenizer, special_ids)
     say(f"  {count_parameters(model) / 1e6:.2f}M params, {count_parameters(model, True) / 1e6:.3f}M trainable | "
         f"{data.train_rows} train rows, eval {data.eval_rows}{' (cached)' if data.cached else ''}")
-    collate = build_collator(recipe, task, tokenizer, special_ids)
-    train_loader, eval_loaders = build_task_loaders(recipe, data, collate)
-    t = prepare_training(accelerator, recipe, model, train_loader, run_dir=run_dir, ckpt=ckpt, command=command)
-    model, metrics = t.model, t.metrics
-    eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
+    collate = build_collator(task, tokenizer, special_ids, tc.input_style)
+    run.prepare(model, *build_task_loaders(data, collate, micro_batch_size=recipe.train.micro_batch_size,
+                                           seed=recipe.seed, num_workers=recipe.train.num_workers))
+
+    def save(st: TrainState, out: dict, name: str = "final") -> Path:
+        return save_final_task(run.accelerator, run.model, tokenizer, recipe, task, special_ids, run,
+                               {"step": st.step, **out}, merge=merge, name=name)
 
     def evaluate_fn(st: TrainState) -> dict:
-        if not eval_loaders:
+        if not run.eval_loaders:
             return {}
-        out = flat_metrics(evaluate_splits(accelerator, model, eval_loaders, task))
-        metrics.write("eval", step=st.step, epoch=st.epoch, **out)
+        out = flat_metrics(evaluate_splits(run.accelerator, run.model, run.eval_loaders, task))
+        run.metrics.write("eval", step=st.step, epoch=st.epoch, **out)
         say(f"  eval step {st.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
         if recipe.task.keep_best:
             keep_if_best(st, out)
         return out
 
     def keep_if_best(st: TrainState, out: dict) -> None:
-        key = task.main_metric if len(eval_loaders) == 1 else f"{next(iter(eval_loaders))}/{task.main_metric}"
+        key = task.main_metric if len(run.eval_loaders) == 1 else f"{next(iter(run.eval_loaders))}/{task.main_metric}"
         if st.best and out[key] <= st.best["value"]:
             return
         st.best = {"step": st.step, "metric": key, "value": out[key], "metrics": out}
-        save_final_task(accelerator, model, tokenizer, recipe, task, special_ids, run_dir, t.recipe_yaml,
-                        {"step": st.step, **out}, merge=recipe.lora.merge if merge is None else merge, name="best")
-        say(f"  best {key} so far ({out[key]:.4f}): kept in {run_dir / 'best'}")
+        save(st, out, name="best")
+        say(f"  best {key} so far ({out[key]:.4f}): kept in {run.dir / 'best'}")
 
     def on_epoch_end(st: TrainState) -> None:
         if recipe.task.eval_every_epoch and st.step < st.total_steps:
             st.history = evaluate_fn(st)
 
-    state = train(accelerator=accelerator, model=model, optimizer=t.optimizer, scheduler=t.scheduler,
-                  loader=t.loader, cfg=recipe.train, state=t.state, step_fn=task_step, evaluate_fn=evaluate_fn,
-                  checkpointer=t.checkpointer, metrics=metrics, on_epoch_end=on_epoch_end,
-                  description=f"finetune {task.name}")
-    t.checkpointer.save_unless_saved(state)  # every run ends with a resumable checkpoint
+    state = run.train(task_step, evaluate_fn=evaluate_fn, on_epoch_end=on_epoch_end,
+                      description=f"finetune {task.name}")
     final_metrics = evaluate_fn(state)
     if recipe.task.keep_best and state.best:
-        final = promote_best(accelerator, run_dir)
+        final = run.promote_best()
         final_metrics = {**state.best["metrics"], "best_step": state.best["step"]}
     else:
-        final = save_final_task(accelerator, model, tokenizer, recipe, task, special_ids, run_dir, t.recipe_yaml,
-                                {"step": state.step, **final_metrics},
-                                merge=recipe.lora.merge if merge is None else merge)
-    metrics.close()
-    if accelerator.is_main_process:
-        from gptune.plot import write_curves
+        final = save(state, final_metrics)
+    return run.end(final, state, final_metrics, f"finetune {task.name} ({_mode(recipe)}) finished")
 
-        write_curves(run_dir)
-    finish(accelerator)
-    summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
-    summary_table(f"finetune {task.name} ({mode}) finished", summary.rows())
-    return summary
+
+def _mode(recipe: Recipe) -> str:
+    return "lora" if recipe.lora.enabled else "full"
 
 
 def _lm_config(model):
@@ -231,28 +239,21 @@ def _data_where(task: TaskSpec, data_dir: str | None) -> str:
     return str(folder / task.glue_dir) if folder is not None else f"hub nyu-mll/glue:{task.hub_name}"
 
 
-def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpec, special_ids, run_dir: Path,
-                    recipe_yaml: str, metrics: dict, *, merge: bool = False, name: str = "final") -> Path:
+def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpec, special_ids, run: Run,
+                    metrics: dict, *, merge: bool = False, name: str = "final") -> Path:
     """``final/``: adapter or full model + tokenizer + task.json + metrics.json + recipe.yaml
-    (``final/merged``: the LoRA folded in). Written to a temporary folder, then renamed."""
+    (``final/merged``: the LoRA folded in), through ``Run.save`` (written whole or not at all)."""
     from gptune.modeling.task_io import TaskModelInfo, merge_lora, save_task_model
 
-    final = run_dir / name
-    accelerator.wait_for_everyone()
-    inner = accelerator.unwrap_model(model)
-    state_dict = accelerator.get_state_dict(model)  # every process: FSDP/ZeRO-3 gather the shards here
-    if accelerator.is_main_process:
-        info = TaskModelInfo(task, recipe.task.input_style, recipe.task.max_length,
-                             recipe.model.name_or_path, recipe.lora.enabled, special_ids)
+    info = TaskModelInfo(task, recipe.task.input_style, recipe.task.max_length,
+                         recipe.model.name_or_path, recipe.lora.enabled, special_ids)
 
-        def write(tmp: Path) -> None:
-            save_task_model(inner, state_dict, tokenizer, info, tmp, embeddings=recipe.lora.save_embeddings)
-            if merge and recipe.lora.enabled:
-                merge_lora(tmp, tmp / "merged")
+    def write(tmp: Path, inner, state_dict: dict) -> None:
+        save_task_model(inner, state_dict, tokenizer, info, tmp, embeddings=recipe.lora.save_embeddings)
+        if merge and recipe.lora.enabled:
+            merge_lora(tmp, tmp / "merged")
 
-        publish_final(run_dir, write, recipe_yaml, metrics, name)
-    accelerator.wait_for_everyone()
-    return final
+    return run.save(write, metrics, name)
 
 
 # ----------------------------------------------------------------------------- gptune eval --glue

@@ -113,7 +113,9 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
     max_length, stride = resolve_windowing(lm.config, max_length, max_length if prepend_eos else stride)
     say(f"eval --ppl: model {model} | data {where} | max_length {max_length}, "
         + ("lm-eval rolling windows (EOS prepended)" if prepend_eos else f"stride {stride}"))
-    accelerator = _accelerator()
+    from gptune.training.loop import inference_accelerator
+
+    accelerator = inference_accelerator()
     lm = lm.to(accelerator.device)
     ids = encode_text(tokenizer, text)
     result = sliding_window_nll(lm, ids, max_length=max_length, stride=stride, batch_size=batch_size or 8,
@@ -130,12 +132,3 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
 
     finish(accelerator)
     return report
-
-
-def _accelerator():
-    import torch
-    from accelerate import Accelerator, PartialState
-
-    cpu = not torch.cuda.is_available()
-    PartialState(cpu=cpu)
-    return Accelerator(cpu=cpu)

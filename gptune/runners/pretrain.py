@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 
 from gptune.config import Recipe
-from gptune.console import say, summary_table
+from gptune.console import say
 from gptune.data.collate import loader_kwargs
 from gptune.errors import GptuneError
 from gptune.training.checkpoint import TrainState
-from gptune.training.loop import EpochSampler, StepOutput, compile_in_place, train
-from gptune.training.run import RunSummary, finish, open_run, prepare_training, publish_final
+from gptune.training.loop import EpochSampler, StepOutput, compile_in_place
+from gptune.training.run import Run, RunSummary
 
 
 def choose_corpus(recipe: Recipe) -> tuple[Recipe, str]:
@@ -52,12 +52,12 @@ def build_loaders(recipe: Recipe, data):
         data.train, batch_size=micro, sampler=EpochSampler(len(data.train), recipe.seed), drop_last=True,
         # each new iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
         # so a run resumed mid-epoch sees the same dropout masks as an uninterrupted one
-        generator=torch.Generator().manual_seed(recipe.seed), **loader_kwargs(recipe.train),
+        generator=torch.Generator().manual_seed(recipe.seed), **loader_kwargs(recipe.train.num_workers),
     )
     val_loader = None
     if data.val is not None and len(data.val):
         val_loader = torch.utils.data.DataLoader(data.val, batch_size=micro, shuffle=False,
-                                                 **loader_kwargs(recipe.train))
+                                                 **loader_kwargs(recipe.train.num_workers))
     return train_loader, val_loader
 
 
@@ -107,25 +107,62 @@ def sliding_window_val(accelerator, model, data, tokenizer, block_size: int) -> 
             "val_sliding_stride": result.stride}
 
 
-def save_final(accelerator, model, tokenizer, run_dir: Path, recipe_yaml: str, metrics: dict) -> Path:
+def save_final(accelerator, model, tokenizer, run: Run, metrics: dict) -> Path:
     """``final/``: a save_pretrained model + tokenizer that AutoModelForCausalLM/AutoTokenizer load,
-    with the recipe and metrics beside it. Written to a temporary folder, then renamed."""
-    final = run_dir / "final"
-    accelerator.wait_for_everyone()
-    lm = accelerator.unwrap_model(model).lm
-    state_dict = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        from gptune.modeling.gpt import without_tied_copies
+    with the recipe and metrics beside it (``Run.save``: written whole or not at all)."""
+    from gptune.modeling.gpt import without_tied_copies
 
-        inner = without_tied_copies(lm, {k.removeprefix("lm."): v for k, v in state_dict.items()})
+    def write(tmp: Path, inner, state_dict: dict) -> None:
+        lm = inner.lm
+        lm.save_pretrained(tmp, state_dict=without_tied_copies(lm, {k.removeprefix("lm."): v
+                                                                    for k, v in state_dict.items()}),
+                           safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
-        def write(tmp: Path) -> None:
-            lm.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+    return run.save(write, metrics)
 
-        publish_final(run_dir, write, recipe_yaml, metrics)
-    accelerator.wait_for_everyone()
-    return final
+
+def check_context(recipe: Recipe) -> None:
+    """``data.block_size`` against a pretrained model's context, before the run folder exists (a random init's
+    context is ``model.config.n_positions``, which ``Recipe`` checks itself)."""
+    spec = recipe.model.name_or_path
+    if spec is None:
+        return
+    from transformers import AutoConfig
+
+    from gptune.modeling.gpt import context_length
+
+    try:
+        config = AutoConfig.from_pretrained(spec, trust_remote_code=recipe.model.trust_remote_code)
+    except (OSError, ValueError):
+        return  # not readable here: loading the model names the problem
+    context = context_length(config)
+    if context is not None and recipe.data.block_size > context:
+        raise GptuneError(f"data.block_size={recipe.data.block_size} is larger than the model's context "
+                          f"({context}); lower it")
+
+
+def build_model(recipe: Recipe, tokenizer):
+    """The causal LM from ``model`` (random init or pretrained), wrapped with the chunked loss; compiled
+    when ``train.compile``."""
+    from gptune.modeling.gpt import LMWithLoss, build_causal_lm
+
+    model = LMWithLoss(build_causal_lm(recipe.model, tokenizer))
+    if recipe.train.compile:
+        compile_in_place(model)
+    return model
+
+
+def describe(model, data, block_size: int) -> None:
+    from gptune.modeling.gpt import count_parameters
+
+    say(f"  {count_parameters(model.lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} "
+        f"train / {len(data.val) if data.val is not None else 0} validation blocks of {block_size}"
+        f"{' (cached)' if data.stats.cached else ''}")
+    if not data.stats.cached:
+        say("  " + data.stats.summary(data.folder))
+    if data.stats.dropped_tokens:
+        say(f"  packing dropped the final partial block: {data.stats.dropped_tokens} tokens")
 
 
 def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool = False,
@@ -133,63 +170,39 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     from accelerate.utils import set_seed
 
     from gptune.data.prepare import load_pretrain_tokenizer
-    from gptune.modeling.gpt import LMWithLoss, build_causal_lm, context_length, count_parameters, set_threads
+    from gptune.modeling.gpt import set_threads
 
     t0 = time.perf_counter()
     set_threads()
     recipe, corpus = choose_corpus(recipe)
     say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} | "
         f"data {corpus} | out {recipe.run_dir}")
-    accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
+    check_context(recipe)
+    run = Run(recipe, resume=resume, overwrite=overwrite, command=command, started=t0)
+    accelerator = run.accelerator
     set_seed(recipe.seed)
     fetch_corpus(recipe, accelerator)
     with accelerator.main_process_first():  # the main process trains/saves the tokenizer, the others reuse it
-        tokenizer = load_pretrain_tokenizer(recipe, run_dir)
-    lm = build_causal_lm(recipe.model, tokenizer)
-    context = context_length(lm.config)
-    if context is not None and recipe.data.block_size > context:
-        raise GptuneError(f"data.block_size={recipe.data.block_size} is larger than the model's context "
-                          f"({context}); lower it or raise model.config.n_positions")
+        tokenizer = load_pretrain_tokenizer(recipe, run.dir)
+    model = build_model(recipe, tokenizer)
     data = load_lm_data(recipe, tokenizer, accelerator)
-    model = LMWithLoss(lm)
-    if recipe.train.compile:
-        compile_in_place(model)
-    say(f"  {count_parameters(lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} train / "
-        f"{len(data.val) if data.val is not None else 0} validation blocks of {recipe.data.block_size}"
-        f"{' (cached)' if data.stats.cached else ''}")
-    if not data.stats.cached:
-        say("  " + data.stats.summary(data.folder))
-    if data.stats.dropped_tokens:
-        say(f"  packing dropped the final partial block: {data.stats.dropped_tokens} tokens")
+    describe(model, data, recipe.data.block_size)
     train_loader, val_loader = build_loaders(recipe, data)
-    t = prepare_training(accelerator, recipe, model, train_loader, run_dir=run_dir, ckpt=ckpt, command=command)
-    model, metrics = t.model, t.metrics
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
+    run.prepare(model, train_loader, {"validation": val_loader} if val_loader is not None else {})
+    val = run.eval_loaders.get("validation")
 
     def evaluate_fn(st: TrainState) -> dict:
-        if val_loader is None:
+        if val is None:
             return {}
-        out = evaluate_lm(accelerator, model, val_loader, recipe.train.eval_batches)
-        metrics.write("eval", step=st.step, **out)
+        out = evaluate_lm(accelerator, run.model, val, recipe.train.eval_batches)
+        run.metrics.write("eval", step=st.step, **out)
         return out
 
-    state = train(accelerator=accelerator, model=model, optimizer=t.optimizer, scheduler=t.scheduler,
-                  loader=t.loader, cfg=recipe.train, state=t.state, step_fn=lm_step,
-                  evaluate_fn=evaluate_fn, checkpointer=t.checkpointer, metrics=metrics, description="pretrain")
-    t.checkpointer.save_unless_saved(state)  # every run ends with a resumable checkpoint
+    state = run.train(lm_step, evaluate_fn=evaluate_fn, description="pretrain")
     final_metrics = {}
-    if val_loader is not None:
-        final_metrics = evaluate_lm(accelerator, model, val_loader, None)
-        final_metrics.update(sliding_window_val(accelerator, model, data, tokenizer, recipe.data.block_size))
-        metrics.write("eval", step=state.step, final=True, **final_metrics)
-    final = save_final(accelerator, model, tokenizer, run_dir, t.recipe_yaml, {"step": state.step, **final_metrics})
-    metrics.close()
-    if accelerator.is_main_process:
-        from gptune.plot import write_curves
-
-        write_curves(run_dir)
-    finish(accelerator)
-    summary = RunSummary(run_dir, final, state.step, state.tokens, time.perf_counter() - t0, final_metrics)
-    summary_table("pretrain finished", summary.rows())
-    return summary
+    if val is not None:
+        final_metrics = evaluate_lm(accelerator, run.model, val, None)
+        final_metrics.update(sliding_window_val(accelerator, run.model, data, tokenizer, recipe.data.block_size))
+        run.metrics.write("eval", step=state.step, final=True, **final_metrics)
+    final = save_final(accelerator, run.model, tokenizer, run, {"step": state.step, **final_metrics})
+    return run.end(final, state, final_metrics, "pretrain finished")

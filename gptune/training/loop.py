@@ -173,6 +173,16 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     return acc
 
 
+def inference_accelerator():
+    """The Accelerator of a run that only evaluates (``eval --task``/``--ppl``, ``predict``): no optimizer, no
+    accumulation. On CPU it asks for the CPU state first: only then do launched CPU processes form a group."""
+    from accelerate import Accelerator, PartialState
+
+    cpu = not torch.cuda.is_available()
+    PartialState(cpu=cpu)
+    return Accelerator(cpu=cpu)
+
+
 def compile_in_place(model: torch.nn.Module) -> None:
     """``train.compile``: compile the module's forward in place (``nn.Module.compile``). ``torch.compile(model)``
     would wrap it instead, and every state dict taken through the wrapper (checkpoints, ``final/``) would carry

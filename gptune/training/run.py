@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from gptune.config import Recipe
-from gptune.console import MetricsWriter, say
+from gptune.console import MetricsWriter, say, summary_table
 from gptune.data.cache import publish, write_atomic
 from gptune.training.checkpoint import (
     Checkpointer,
@@ -21,7 +23,7 @@ from gptune.training.checkpoint import (
     read_state,
     resolve_resume,
 )
-from gptune.training.loop import build_accelerator, plan_steps
+from gptune.training.loop import build_accelerator, plan_steps, train
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Training:
 
 
 def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_dir: Path, ckpt: Path | None,
-                     command: str) -> Training:
+                     recipe_yaml: str) -> Training:
     """Optimizer, schedule (planned on the prepared loader), one ``accelerator.prepare``, checkpointer,
     and -- when resuming -- the restored state with the metrics log cut back to the checkpoint."""
     from gptune.training.optim import LrPlan, build_optimizer, build_scheduler, plan_lr
@@ -115,7 +117,6 @@ def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_di
         previous = LrPlan(**saved.lr_plan) if saved.lr_plan else plan_lr(recipe.train, saved.total_steps)
         plan = plan_lr(recipe.train, total, previous, saved.step)
     scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, plan))
-    recipe_yaml = recipe.to_yaml(recipe_header(command))
     checkpointer = Checkpointer(accelerator, run_dir, recipe.train.keep_last, recipe_yaml)
     state = TrainState(total_steps=total)
     if ckpt is not None:
@@ -173,3 +174,89 @@ def promote_best(accelerator, run_dir: Path) -> Path:
         os.replace(run_dir / "best", final)
     accelerator.wait_for_everyone()
     return final
+
+
+# ----------------------------------------------------------------------------- the frame every runner uses
+class Run:
+    """One training run, as every runner opens, drives and closes it: the run folder and its recipe.yaml, the
+    one Accelerator, one ``prepare`` of everything trained or evaluated, the loop, ``final/`` through the
+    runner's own writer (with recipe, metrics and model card beside it), and the ending with its summary.
+
+    A runner reads as a table of contents over it::
+
+        run = Run(recipe, resume=..., overwrite=..., command=...)
+        t = run.prepare(model, train_loader, {"validation": val_loader})
+        state = run.train(step_fn, evaluate_fn=..., description="pretrain")
+        final = run.save(writer, {"step": state.step, **metrics})
+        return run.end(final, state, metrics, "pretrain finished")
+    """
+
+    def __init__(self, recipe: Recipe, *, resume: str | None = None, overwrite: bool = False, command: str,
+                 started: float | None = None):
+        self.t0 = started if started is not None else time.perf_counter()  # the runner's start, for the summary
+        recipe.check_complete()  # a recipe built in code, not through gptune.recipes, too
+        self.recipe = recipe
+        self.recipe_yaml = recipe.to_yaml(recipe_header(command))
+        self.accelerator, self.dir, self.ckpt = open_run(recipe, resume=resume, overwrite=overwrite,
+                                                         command=command)
+        self.training: Training | None = None
+        self.eval_loaders: dict = {}
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def prepare(self, model, train_loader, eval_loaders: dict | None = None) -> Training:
+        """The one place a run hands things to Accelerate: model, optimizer and train loader together, the
+        schedule planned on the prepared loader, the evaluation loaders; the checkpoint restored."""
+        self.training = prepare_training(self.accelerator, self.recipe, model, train_loader, run_dir=self.dir,
+                                         ckpt=self.ckpt, recipe_yaml=self.recipe_yaml)
+        self.eval_loaders = {k: self.accelerator.prepare(v) for k, v in (eval_loaders or {}).items()}
+        return self.training
+
+    @property
+    def model(self):
+        return self.training.model
+
+    @property
+    def metrics(self) -> MetricsWriter:
+        return self.training.metrics
+
+    def train(self, step_fn, *, evaluate_fn: Callable | None = None, on_epoch_end: Callable | None = None,
+              description: str) -> TrainState:
+        """The loop to ``train.max_steps``, then a resumable checkpoint (every run ends with one)."""
+        t = self.training
+        state = train(accelerator=self.accelerator, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
+                      loader=t.loader, cfg=self.recipe.train, state=t.state, step_fn=step_fn,
+                      evaluate_fn=evaluate_fn, checkpointer=t.checkpointer, metrics=t.metrics,
+                      on_epoch_end=on_epoch_end, description=description)
+        t.checkpointer.save_unless_saved(state)
+        return state
+
+    def save(self, write: Callable, metrics: dict, name: str = "final") -> Path:
+        """``final/`` (or ``name``): ``write(tmp, model, state_dict)`` fills a temporary folder on the main
+        process with the unwrapped model and its full state dict (gathered on every process: FSDP/ZeRO-3
+        shards), ``publish_final`` adds recipe, metrics and card and renames it into place."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        inner = acc.unwrap_model(self.model)
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            publish_final(self.dir, lambda tmp: write(tmp, inner, state_dict), self.recipe_yaml, metrics, name)
+        acc.wait_for_everyone()
+        return self.dir / name
+
+    def promote_best(self) -> Path:
+        return promote_best(self.accelerator, self.dir)
+
+    def end(self, final: Path, state: TrainState, metrics: dict, title: str) -> RunSummary:
+        """Close the metrics log, draw the curves, end on every process, print the summary."""
+        self.metrics.close()
+        if self.is_main:
+            from gptune.plot import write_curves
+
+            write_curves(self.dir)
+        finish(self.accelerator)
+        summary = RunSummary(self.dir, final, state.step, state.tokens, time.perf_counter() - self.t0, metrics)
+        summary_table(title, summary.rows())
+        return summary
