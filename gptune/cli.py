@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from gptune.cli_recipes import SetOpt, recipes_app
 from gptune.errors import GptuneError
 
 app = typer.Typer(
@@ -24,12 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-recipes_app = typer.Typer(help="List, copy, check and document recipes.", no_args_is_help=True,
-                          context_settings={"help_option_names": ["-h", "--help"]})
-app.add_typer(recipes_app, name="recipes")
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: --set train.lr=3e-4 "
-                                                                  "(repeatable; applied last).")]
 ResumeOpt = Annotated[str | None, typer.Option(help="Continue a run: 'auto' (latest checkpoint of the run "
                                                      "folder) or a checkpoint / run folder path.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing run in the output folder.")]
@@ -50,8 +46,36 @@ MainPortOpt = Annotated[int | None, typer.Option("--main-process-port", help="Po
 ConfigFileOpt = Annotated[str | None, typer.Option("--config-file", help="With --num-processes: an Accelerate config "
                                                                       "(a file, or a shipped name: ddp, fsdp, deepspeed_zero2, "
                                                                       "deepspeed_zero3, cpu2; `gptune recipes list`).")]
+
+app.add_typer(recipes_app, name="recipes")
 LAUNCH_FLAGS = ("--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port",
                 "--config-file")
+
+
+LAUNCH_OPTIONS = {"num_processes": (ProcsOpt, None), "num_machines": (MachinesOpt, 1),
+                  "machine_rank": (MachineRankOpt, 0), "main_process_ip": (MainIpOpt, None),
+                  "main_process_port": (MainPortOpt, None), "config_file": (ConfigFileOpt, None)}
+"""The options of every command that can start several processes, declared once (``launchable``)."""
+
+
+def launchable(command):
+    """A command that also takes the launch options (``LAUNCH_OPTIONS``) and, when they ask for several
+    processes, re-runs itself under ``accelerate launch`` before its body runs."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(command, eval_str=True)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
+             for name, (ann, default) in LAUNCH_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        _relaunch(**{name: kwargs.pop(name) for name in LAUNCH_OPTIONS})
+        return command(**kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    return wrapper
 
 
 def _command_line() -> str:
@@ -96,6 +120,7 @@ def _strip_launch_flags(argv: list[str]) -> list[str]:
 
 
 @app.command()
+@launchable
 def pretrain(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML, run folder, or a shipped recipe's name (books, gpt1: "
                                                 "`gptune recipes list`; recipes/books.yaml names the shipped one too).")],
@@ -105,15 +130,8 @@ def pretrain(
     overwrite: OverwriteOpt = False,
     max_steps: Annotated[int | None, typer.Option(help="Shortcut for --set train.max_steps=N.")] = None,
     push_to_hub: PushOpt = None,
-    num_processes: ProcsOpt = None,
-    num_machines: MachinesOpt = 1,
-    machine_rank: MachineRankOpt = 0,
-    main_process_ip: MainIpOpt = None,
-    main_process_port: MainPortOpt = None,
-    config_file: ConfigFileOpt = None,
 ) -> None:
     """Causal-LM pretraining of a GPT on packed text (random init or a pretrained checkpoint)."""
-    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port, config_file)
     from gptune.recipes import load_recipe
 
     r = load_recipe(recipe, {"out_dir": out_dir, "train.max_steps": max_steps}, set_)
@@ -180,6 +198,7 @@ DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="GLUE data in
 
 
 @app.command()
+@launchable
 def finetune(
     task: TaskOpt = None,
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="Train LoRA adapters (+ head, new token rows) "
@@ -195,27 +214,13 @@ def finetune(
     merge: Annotated[bool, typer.Option("--merge", help="Also write final/merged: the LoRA folded into a full model.")] = False,
     seed: Annotated[int | None, typer.Option(help="Seed (head init, data order, dropout).")] = None,
     push_to_hub: PushOpt = None,
-    num_processes: ProcsOpt = None,
-    num_machines: MachinesOpt = 1,
-    machine_rank: MachineRankOpt = 0,
-    main_process_ip: MainIpOpt = None,
-    main_process_port: MainPortOpt = None,
-    config_file: ConfigFileOpt = None,
 ) -> None:
     """Fine-tune a GPT on a task with GPT-1's input transformations and auxiliary LM loss (full or LoRA)."""
-    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port, config_file)
-    from gptune.recipes import build_recipe, read_recipe_file
-    from gptune.runners.finetune import DEFAULT_RECIPE, run_finetune
+    from gptune.runners.finetune import finetune_recipe, run_finetune
 
-    raw = read_recipe_file(recipe or DEFAULT_RECIPE)
-    sets = list(set_ or [])
-    # an lr the user typed wins over the mode's default lr (lora.lr replaces train.lr under LoRA)
-    if any(s.split("=", 1)[0].strip() == "train.lr" for s in sets) and not any(
-            s.split("=", 1)[0].strip() == "lora.lr" for s in sets):
-        sets.append("lora.lr=null")
     flags = {"task.name": task, "lora.enabled": lora, "model.name_or_path": model, "task.data_dir": data_dir,
              "out_dir": out_dir, "seed": seed, "lora.merge": True if merge else None}
-    r = build_recipe(raw, flags, sets, source=str(recipe or DEFAULT_RECIPE))
+    r = finetune_recipe(recipe, flags, set_)
     _check_push(push_to_hub)
     summary = run_finetune(r, resume=resume, overwrite=overwrite, command=_command_line())
     _push(summary, push_to_hub)
@@ -256,6 +261,7 @@ def push(
 
 
 @app.command("eval")
+@launchable
 def eval_(
     task: TaskOpt = None,
     glue: Annotated[bool, typer.Option("--glue", help="Fine-tune + evaluate every GLUE task with local data; one table.")] = False,
@@ -275,15 +281,8 @@ def eval_(
                                                                     "(BOS if any) so the first token is scored; windows "
                                                                     "predict max_length tokens after one of context.")] = False,
     base_model: BaseModelOpt = None,
-    num_processes: ProcsOpt = None,
-    num_machines: MachinesOpt = 1,
-    machine_rank: MachineRankOpt = 0,
-    main_process_ip: MainIpOpt = None,
-    main_process_port: MainPortOpt = None,
-    config_file: ConfigFileOpt = None,
 ) -> None:
     """Evaluate: a task model on its dev split(s) (--task), all GLUE tasks (--glue), or perplexity (--ppl)."""
-    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port, config_file)
     chosen = [n for n, on in (("--ppl", ppl), ("--glue", glue), ("--task", task is not None)) if on]
     if ppl and glue or (glue and task is not None):
         raise GptuneError(f"eval: choose one of --task, --glue, --ppl (got {' and '.join(chosen)})")
@@ -334,70 +333,6 @@ def _model_or_default(model: str | None) -> str:
     from gptune.runners.finetune import default_model
 
     return default_model()
-
-
-@recipes_app.command("validate")
-def recipes_validate(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML to check.")],
-    set_: SetOpt = None,
-) -> None:
-    """Check a recipe (keys, types, ranges) without training anything."""
-    from gptune.recipes import load_recipe
-
-    r = load_recipe(recipe, None, set_)
-    typer.echo(f"{recipe}: ok (run folder {r.run_dir})")
-
-
-@recipes_app.command("show")
-def recipes_show(
-    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML (absent: the defaults).")] = None,
-    set_: SetOpt = None,
-) -> None:
-    """Print the fully resolved recipe (defaults < YAML < --set)."""
-    from gptune.recipes import load_recipe
-
-    typer.echo(load_recipe(recipe, None, set_).to_yaml(), nl=False)
-
-
-@recipes_app.command("list")
-def recipes_list() -> None:
-    """The shipped recipes and Accelerate configs: name and one-line purpose."""
-    from gptune.recipes import all_shipped, purpose
-
-    known = all_shipped()
-    width = max(map(len, known))
-    for name, path in known.items():
-        typer.echo(f"{name:<{width}}  {purpose(path)}")
-
-
-@recipes_app.command("cp")
-def recipes_cp(
-    name: Annotated[str, typer.Argument(help="A shipped recipe or config (`gptune recipes list`).")],
-    dest: Annotated[Path | None, typer.Argument(help="File or folder to copy to (default ./NAME.yaml).")] = None,
-) -> None:
-    """Copy a shipped recipe or Accelerate config to edit (an existing file is never replaced)."""
-    from gptune.recipes import copy_shipped
-
-    typer.echo(str(copy_shipped(name, dest)))
-
-
-@recipes_app.command("path")
-def recipes_path(
-    name: Annotated[str, typer.Argument(help="A shipped recipe or config (`gptune recipes list`).")],
-) -> None:
-    """Print where a shipped file is (accelerate launch --config_file "$(gptune recipes path fsdp)" ...)."""
-    from gptune.recipes import ACCELERATE, resolve_shipped, shipped, shipped_name
-
-    kind = "recipe" if shipped_name(name) in shipped() else ACCELERATE
-    typer.echo(str(resolve_shipped(name, kind, "recipes path")))
-
-
-@recipes_app.command("docs")
-def recipes_docs() -> None:
-    """Print the Markdown reference of every recipe key (the source of docs/recipes.md)."""
-    from gptune.recipe_docs import recipe_reference
-
-    typer.echo(recipe_reference())
 
 
 def main(argv: list[str] | None = None) -> None:

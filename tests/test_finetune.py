@@ -460,6 +460,7 @@ def test_mnli_scores_matched_and_mismatched(workdir, tiny_model_dir, tmp_path):
     assert set(summary.metrics) == {"validation_matched/accuracy", "validation_mismatched/accuracy"}
 
 
+@pytest.mark.slow  # starts processes
 def test_two_processes_train_and_gather_without_duplicates(workdir, tiny_model_dir, glue_dir):
     """accelerate launch with 2 CPU processes (gloo): one run, and dev metrics over exactly the dev rows."""
     import os

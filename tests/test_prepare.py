@@ -19,6 +19,7 @@ from gptune.data.prepare import prepare_lm_data, validation_text
 from gptune.data.shards import StreamWriter, TokenStream
 from gptune.data.sources import discover_files, open_source
 from gptune.errors import GptuneError
+from gptune.faults import HOLD_ENV
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +327,7 @@ def test_other_processes_wait_for_the_main_process_to_publish(tok, tmp_path, mon
     import threading
 
     (tmp_path / "a.txt").write_text(make_text(200))
-    monkeypatch.setenv(prepare_mod.HOLD_ENV, "1")
+    monkeypatch.setenv(HOLD_ENV, "1")
     got = {}
     waiter = threading.Thread(target=lambda: got.update(w=build(tmp_path / "a.txt", tok, 16, tmp_path, main=False)))
     waiter.start()
@@ -365,6 +366,7 @@ TWO_PROC_RECIPE = (
 )
 
 
+@pytest.mark.slow  # starts processes
 def test_two_process_pretrain_where_rank_one_polls_before_rank_zero_prepares(tmp_path, monkeypatch):
     import os
     import subprocess
@@ -374,7 +376,7 @@ def test_two_process_pretrain_where_rank_one_polls_before_rank_zero_prepares(tmp
 
     make_workdir(tmp_path, monkeypatch, {"a.txt": 1500})
     (tmp_path / "r.yaml").write_text(TWO_PROC_RECIPE)
-    env = {**os.environ, prepare_mod.HOLD_ENV: "1"}  # rank 0 starts preparing only once rank 1 is polling
+    env = {**os.environ, HOLD_ENV: "1"}  # rank 0 starts preparing only once rank 1 is polling
     out = subprocess.run([sys.executable, "-m", "gptune", "pretrain", "r.yaml", "--out-dir", "runs/two",
                           "--num-processes", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -66,6 +66,7 @@ def events(run: Path, kind: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow  # starts processes
 def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(project, sig, code):
     write_recipe(project, max_steps=12, save_every=1000)
     assert run_cli("pretrain", "r.yaml", "--out-dir", "runs/straight") == 0
@@ -86,6 +87,7 @@ def test_signal_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(proje
     assert same(weights(project / "runs" / "straight"), weights(run))
 
 
+@pytest.mark.slow  # starts processes
 def test_kill_9_inside_a_checkpoint_write_keeps_the_previous_checkpoint(project):
     write_recipe(project, max_steps=24, save_every=8)
     assert run_cli("pretrain", "r.yaml", "--out-dir", "runs/straight") == 0
@@ -142,13 +144,13 @@ def test_loss_and_token_reads_do_not_grow_with_micro_batches(project, monkeypatc
         real_train = loop.train
         seen = {}
 
-        def counting_train(**kw):
+        def counting_train(*a, **kw):
             count["n"] = 0
-            state = real_train(**kw)
+            state = real_train(*a, **kw)
             seen["n"] = count["n"]
             return state
 
-        monkeypatch.setattr("gptune.runners.pretrain.train", counting_train)
+        monkeypatch.setattr("gptune.training.run.train", counting_train)  # the loop, as the Run frame calls it
         assert run_cli("pretrain", "r.yaml", "--overwrite", "--set", f"train.micro_batch_size={micro}") == 0
         monkeypatch.undo()
         monkeypatch.chdir(project)
@@ -233,6 +235,7 @@ def no_dropout(root: Path, max_steps: int, save_every: int) -> None:
     (root / "r.yaml").write_text((RECIPE % (max_steps, save_every)).replace("dropout: 0.1", "dropout: 0.0"))
 
 
+@pytest.mark.slow  # starts processes
 def test_a_nan_on_rank_1_only_is_skipped_by_both_ranks_like_one_process(project, monkeypatch):
     no_dropout(project, max_steps=8, save_every=8)
     monkeypatch.setenv("GPTUNE_TEST_FAULT", "nan@5")
@@ -251,6 +254,7 @@ def test_a_nan_on_rank_1_only_is_skipped_by_both_ranks_like_one_process(project,
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
+@pytest.mark.slow  # starts processes
 def test_sigterm_to_rank_1_only_saves_one_checkpoint_and_stops_both(project):
     no_dropout(project, max_steps=12, save_every=1000)
     marker = project / "paused"
@@ -266,6 +270,7 @@ def test_sigterm_to_rank_1_only_saves_one_checkpoint_and_stops_both(project):
     assert (run / "latest").read_text().strip() == "step-000004" and not (run / "final").exists()
 
 
+@pytest.mark.slow  # starts processes
 def test_a_disk_error_on_the_main_process_fails_both_ranks(project):
     no_dropout(project, max_steps=8, save_every=2)
     proc = launch_two(project, env={"GPTUNE_TEST_FAULT": "enospc@4/0"})
@@ -277,6 +282,7 @@ def test_a_disk_error_on_the_main_process_fails_both_ranks(project):
     assert [p.name for p in run.glob("step-*")] == ["step-000002"] and not list(run.glob(".tmp-*"))
 
 
+@pytest.mark.slow  # starts processes
 def test_a_hung_rank_becomes_an_error_after_dist_timeout(project, tiny_tokenizer_dir):
     # a ready tokenizer: setup is short, so the 15 s limit is met everywhere but at the hung step
     no_dropout(project, max_steps=8, save_every=1000)

@@ -40,6 +40,7 @@ from gptune.data.encode import encode_texts, tail_cut
 from gptune.data.shards import StreamWriter, TokenBlocks, TokenStream, token_dtype
 from gptune.data.sources import Source, open_source
 from gptune.errors import GptuneError
+from gptune.faults import Faults
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ FORMAT_VERSION = 2  # bump when the shard format or the packing rule changes
 SHARD_TOKENS = 1 << 24  # tokens per shard file (32 MB as uint16), rounded down to whole blocks
 _CHECKPOINT_SECONDS = 2.0  # state.json at most this often (and whenever a shard fills)
 _POLL_SECONDS = 0.5
-HOLD_ENV = "GPTUNE_TEST_PREPARE_HOLD"
 """Test hook: the main process waits for this many other processes to be polling before it prepares."""
 
 
@@ -127,10 +127,11 @@ def load_pretrain_tokenizer(recipe: Recipe, run_dir: Path):
 
 
 def prepare_lm_data(data: DataConfig, tokenizer: Any, *, seed: int, main: bool = True, progress: bool = True,
-                    shard_tokens: int | None = None) -> LMData:
+                    shard_tokens: int | None = None, faults: Faults | None = None) -> LMData:
     """The prepared token shards of `data` for `tokenizer`, preparing them first when missing.
 
-    `main`: this process prepares; others (``main=False``) wait for the main process to publish.
+    `main`: this process prepares; others (``main=False``) wait for the main process to publish. `faults`
+    (tests; default: ``GPTUNE_TEST_*``): a hold before preparing.
     """
     if tokenizer.eos_token_id is None:
         raise GptuneError("the tokenizer has no EOS token (load it with gptune.tokenization.load_tokenizer)")
@@ -151,7 +152,7 @@ def prepare_lm_data(data: DataConfig, tokenizer: Any, *, seed: int, main: bool =
     with _lock(folder):
         if (folder / "meta.json").is_file():  # another job published it while we waited for the lock
             return load_prepared(folder)
-        _hold_for_test(folder)
+        (faults or Faults.from_env()).preparing(lambda: len(list(folder.parent.glob(f".{folder.name}.waiting-*"))))
         t0 = time.perf_counter()
         partial = folder.with_name(f".{folder.name}.partial")
         meta = _build(partial, train_src, val_src, tokenizer, data, seed=seed, split=split,
@@ -259,12 +260,6 @@ def _wait_ready(folder: Path) -> None:
             time.sleep(_POLL_SECONDS)
     finally:
         marker.unlink(missing_ok=True)
-
-
-def _hold_for_test(folder: Path) -> None:
-    want = int(os.environ.get(HOLD_ENV, "0"))
-    while want and len(list(folder.parent.glob(f".{folder.name}.waiting-*"))) < want:
-        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------- building

@@ -22,7 +22,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from gptune.config import Recipe, collecting
+from gptune.checks import collecting
+from gptune.config import Recipe
 from gptune.errors import GptuneError
 
 

@@ -79,6 +79,17 @@ def run_folder(task: str, lora: bool, *, reuse: bool) -> Path:
     return base.parent / f"{base.name}-{n}"
 
 
+def finetune_recipe(path: str | Path | None, flags: dict, sets: list[str] | None) -> Recipe:
+    """The recipe of ``gptune finetune``: the file (default: the shipped ``finetune``) < flags < ``--set``. An
+    lr the user typed (``--set train.lr=``) wins over the mode's default (``lora.lr`` replaces ``train.lr``
+    under LoRA) unless ``lora.lr`` is typed too."""
+    sets = list(sets or [])
+    typed = {item.split("=", 1)[0].strip() for item in sets}
+    if "train.lr" in typed and "lora.lr" not in typed:
+        sets.append("lora.lr=null")
+    return build_recipe(read_recipe_file(path or DEFAULT_RECIPE), flags, sets, source=str(path or DEFAULT_RECIPE))
+
+
 def resolve_recipe(recipe: Recipe, *, reuse: bool) -> Recipe:
     """Fill in what the recipe leaves to the run: the model (``auto``), the learning rate of the
     chosen mode (``lora.lr`` under LoRA), the run folder and name."""

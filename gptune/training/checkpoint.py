@@ -19,8 +19,8 @@ from gptune.config import Recipe
 from gptune.data.cache import write_atomic
 from gptune.distributed import failures
 from gptune.errors import GptuneError, first_line
+from gptune.faults import NO_FAULTS, Faults
 from gptune.recipes import recipe_diff
-from gptune.training.faults import fault, pause
 
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
@@ -165,8 +165,9 @@ def check_compatible(saved_recipe: dict, recipe: Recipe, ckpt: Path) -> list[str
 class Checkpointer:
     """Writes and prunes ``step-NNNNNN/`` checkpoints of one run folder."""
 
-    def __init__(self, accelerator, run_dir: Path, keep_last: int, recipe_yaml: str):
+    def __init__(self, accelerator, run_dir: Path, keep_last: int, recipe_yaml: str, faults: Faults = NO_FAULTS):
         self.accelerator = accelerator
+        self.faults = faults
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
         self.recipe_yaml = recipe_yaml
@@ -191,16 +192,14 @@ class Checkpointer:
         return final
 
     def _write_state(self, tmp: Path, state: TrainState) -> None:
-        if fault("enospc", state.step, self.accelerator.process_index):
-            raise OSError(errno.ENOSPC, "No space left on device")
+        self.faults.checkpoint_write(state.step, self.accelerator.process_index)
         self.accelerator.save_state(str(tmp), safe_serialization=True)
 
     def _publish(self, tmp: Path, final: Path, state: TrainState) -> None:
         """Main process: recipe and state beside the weights, fsync, rename into place, move ``latest``."""
         (tmp / "recipe.yaml").write_text(self.recipe_yaml, encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
-        if fault("pause_after_state", state.step):
-            pause()
+        self.faults.checkpoint_state_written(state.step)
         fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)

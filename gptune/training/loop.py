@@ -21,8 +21,8 @@ from gptune.config import TrainConfig
 from gptune.console import MetricsWriter, make_progress
 from gptune.distributed import agree
 from gptune.errors import GptuneError, Interrupted, NonFiniteLoss
+from gptune.faults import NO_FAULTS, Faults
 from gptune.training.checkpoint import Checkpointer, TrainState
-from gptune.training.faults import fault, pause
 
 
 @dataclass
@@ -230,22 +230,33 @@ def plan_steps(cfg: TrainConfig, batches_per_epoch: int, accum: int) -> int:
     return max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
 
 
-def train(
-    *,
-    accelerator,
-    model,
-    optimizer,
-    scheduler,
-    loader,
-    cfg: TrainConfig,
-    state: TrainState,
-    step_fn: Callable[[torch.nn.Module, dict], StepOutput],
-    evaluate_fn: Callable[[TrainState], dict] | None = None,
-    checkpointer: Checkpointer | None = None,
-    metrics: MetricsWriter | None = None,
-    on_epoch_end: Callable[[TrainState], None] | None = None,
-    description: str = "train",
-) -> TrainState:
+@dataclass
+class Training:
+    """Everything ``train`` runs on, prepared once (``training.run.prepare_training``)."""
+
+    model: torch.nn.Module
+    optimizer: object
+    loader: object
+    scheduler: object
+    checkpointer: Checkpointer
+    state: TrainState
+    metrics: MetricsWriter
+    recipe_yaml: str
+
+
+@dataclass
+class LoopHooks:
+    """What a runner plugs into the loop: its step, its evaluation, what ends an epoch, the progress label,
+    and the faults a test injects (none by default)."""
+
+    step_fn: Callable[[torch.nn.Module, dict], StepOutput]
+    evaluate_fn: Callable[[TrainState], dict] | None = None
+    on_epoch_end: Callable[[TrainState], None] | None = None
+    description: str = "train"
+    faults: Faults = NO_FAULTS
+
+
+def train(accelerator, t: Training, cfg: TrainConfig, hooks: LoopHooks) -> TrainState:
     """Run optimizer steps until ``state.total_steps``.
 
     Nothing in a micro-batch reads a value back to the host: losses, their finiteness and token counts
@@ -253,7 +264,8 @@ def train(
     the step's one host read) on whether a signal arrived anywhere and whether any loss of the step was
     not finite; every process then skips, stops or goes on identically."""
     acc = accelerator
-    metrics = metrics or MetricsWriter(None)
+    model, optimizer, scheduler, loader, state, metrics = t.model, t.optimizer, t.scheduler, t.loader, t.state, t.metrics
+    checkpointer, evaluate_fn, on_epoch_end, faults = t.checkpointer, hooks.evaluate_fn, hooks.on_epoch_end, hooks.faults
     total = state.total_steps
     model.train()
     step_acc, window = _Sums(acc.device), _Sums(acc.device)
@@ -261,7 +273,7 @@ def train(
     grad_norm = None
     progress = make_progress()
     with StopFlag() as stop, progress:
-        bar = progress.add_task(description, total=total, completed=state.step, info="")
+        bar = progress.add_task(hooks.description, total=total, completed=state.step, info="")
         while state.step < total:
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(state.epoch)
@@ -271,17 +283,15 @@ def train(
                 if i < skip:  # resume mid-epoch: same order, skip what was consumed
                     continue
                 with acc.accumulate(model):
-                    out = step_fn(model, batch)
+                    out = hooks.step_fn(model, batch)
                     attempt = state.step + state.skipped_batches + 1  # optimizer steps tried, skipped ones included
-                    if fault("nan", attempt, acc.process_index):
-                        out.loss = out.loss * float("nan")
+                    out.loss = faults.loss(out.loss, attempt, acc.process_index)
                     step_acc.add(out)
                     # always backward, even a NaN: under DDP a rank that skipped it would leave the others
                     # waiting in the gradient all-reduce
                     acc.backward(out.loss)
                     if acc.sync_gradients:
-                        if fault("pause", attempt, acc.process_index):
-                            pause(until=lambda: stop.signum is not None)
+                        faults.before_agree(attempt, acc.process_index, until=lambda: stop.signum is not None)
                         signum, nan, inf = agree(acc, step_acc.flags(stop.signum))
                         if not (nan or inf):
                             if cfg.grad_clip > 0:

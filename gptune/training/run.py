@@ -15,6 +15,7 @@ import yaml
 from gptune.config import Recipe
 from gptune.console import MetricsWriter, say, summary_table
 from gptune.data.cache import publish, write_atomic
+from gptune.faults import Faults
 from gptune.training.checkpoint import (
     Checkpointer,
     TrainState,
@@ -23,7 +24,7 @@ from gptune.training.checkpoint import (
     read_state,
     resolve_resume,
 )
-from gptune.training.loop import build_accelerator, plan_steps, train
+from gptune.training.loop import LoopHooks, Training, build_accelerator, plan_steps, train
 
 
 @dataclass
@@ -82,22 +83,8 @@ def truncate_metrics(path: Path, step: int) -> None:
         write_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
-@dataclass
-class Training:
-    """Everything ``training.loop.train`` needs, prepared once by ``prepare_training``."""
-
-    model: object
-    optimizer: object
-    loader: object
-    scheduler: object
-    checkpointer: Checkpointer
-    state: TrainState
-    metrics: MetricsWriter
-    recipe_yaml: str
-
-
 def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_dir: Path, ckpt: Path | None,
-                     recipe_yaml: str) -> Training:
+                     recipe_yaml: str, faults: Faults) -> Training:
     """Optimizer, schedule (planned on the prepared loader), one ``accelerator.prepare``, checkpointer,
     and -- when resuming -- the restored state with the metrics log cut back to the checkpoint."""
     from gptune.training.optim import LrPlan, build_optimizer, build_scheduler, plan_lr
@@ -117,7 +104,7 @@ def prepare_training(accelerator, recipe: Recipe, model, train_loader, *, run_di
         previous = LrPlan(**saved.lr_plan) if saved.lr_plan else plan_lr(recipe.train, saved.total_steps)
         plan = plan_lr(recipe.train, total, previous, saved.step)
     scheduler = accelerator.prepare(build_scheduler(optimizer, recipe.train, plan))
-    checkpointer = Checkpointer(accelerator, run_dir, recipe.train.keep_last, recipe_yaml)
+    checkpointer = Checkpointer(accelerator, run_dir, recipe.train.keep_last, recipe_yaml, faults)
     state = TrainState(total_steps=total)
     if ckpt is not None:
         state = checkpointer.load(ckpt)
@@ -192,10 +179,11 @@ class Run:
     """
 
     def __init__(self, recipe: Recipe, *, resume: str | None = None, overwrite: bool = False, command: str,
-                 started: float | None = None):
+                 started: float | None = None, faults: Faults | None = None):
         self.t0 = started if started is not None else time.perf_counter()  # the runner's start, for the summary
         recipe.check_complete()  # a recipe built in code, not through gptune.recipes, too
         self.recipe = recipe
+        self.faults = faults if faults is not None else Faults.from_env()  # tests' injected faults, else none
         self.recipe_yaml = recipe.to_yaml(recipe_header(command))
         self.accelerator, self.dir, self.ckpt = open_run(recipe, resume=resume, overwrite=overwrite,
                                                          command=command)
@@ -210,7 +198,7 @@ class Run:
         """The one place a run hands things to Accelerate: model, optimizer and train loader together, the
         schedule planned on the prepared loader, the evaluation loaders; the checkpoint restored."""
         self.training = prepare_training(self.accelerator, self.recipe, model, train_loader, run_dir=self.dir,
-                                         ckpt=self.ckpt, recipe_yaml=self.recipe_yaml)
+                                         ckpt=self.ckpt, recipe_yaml=self.recipe_yaml, faults=self.faults)
         self.eval_loaders = {k: self.accelerator.prepare(v) for k, v in (eval_loaders or {}).items()}
         return self.training
 
@@ -226,10 +214,8 @@ class Run:
               description: str) -> TrainState:
         """The loop to ``train.max_steps``, then a resumable checkpoint (every run ends with one)."""
         t = self.training
-        state = train(accelerator=self.accelerator, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
-                      loader=t.loader, cfg=self.recipe.train, state=t.state, step_fn=step_fn,
-                      evaluate_fn=evaluate_fn, checkpointer=t.checkpointer, metrics=t.metrics,
-                      on_epoch_end=on_epoch_end, description=description)
+        state = train(self.accelerator, t, self.recipe.train,
+                      LoopHooks(step_fn, evaluate_fn, on_epoch_end, description, self.faults))
         t.checkpointer.save_unless_saved(state)
         return state
 
