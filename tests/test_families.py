@@ -265,7 +265,8 @@ def test_lora_trains_exactly_the_familys_default_targets_and_the_new_rows(family
     _, tok = load(folder)
     special = add_task_tokens(tok)
     recipe = build_recipe({"model": {"name_or_path": folder, "config": {"dropout": 0.0}},
-                           "task": {"name": "rte"}, "lora": {"enabled": True}, "train": {"max_steps": 1}})
+                           "task": {"name": "rte", "clf_dropout": 0.0}, "lora": {"enabled": True, "dropout": 0.0},
+                           "train": {"max_steps": 1}})
     model = build_task_model(recipe, get_task("rte"), tok, special)
     pre = "lm.base_model.model."
     expected = {"clf_head.weight", "clf_head.bias"}
@@ -275,11 +276,20 @@ def test_lora_trains_exactly_the_familys_default_targets_and_the_new_rows(family
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
     assert model.lm.peft_config["default"].fan_in_fan_out == (family in ("gpt2", "openai-gpt"))
     _, batches = task_batches(tok)
-    model.train()(**batches["entailment"][1])["loss"].backward()
+    assert model.chunked  # the aux LM loss through the chunked kernel, the markers' trained rows in its matrix
+    out = model.train()(**batches["entailment"][1])
+    out["loss"].backward()
     for name in NEW_ROWS[family]:  # every marker row learns, in the embedding and an untied head
         delta = dict(model.named_parameters())[f"{pre}{name}.token_adapter.trainable_tokens_delta.default"].grad
         assert delta.shape == (3, 32 if name != "model.decoder.embed_tokens" else 16)
         assert (delta.abs().sum(-1) > 0).all(), name
+    chunked = grads(model)
+    model.zero_grad()
+    model.chunked = False  # the model's own logits, through PEFT's wrappers
+    again = model(**batches["entailment"][1])
+    again["loss"].backward()
+    torch.testing.assert_close(again["lm_loss"], out["lm_loss"], rtol=1e-5, atol=1e-6)
+    assert_same_grads(grads(model), chunked)
 
 
 def test_a_wrong_lora_target_lists_the_models_linear_layers(family_model_dir):

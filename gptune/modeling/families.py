@@ -234,14 +234,22 @@ def tied_keys(lm) -> set[str]:
     return set(getattr(inner, "_tied_weights_keys", None) or [])
 
 
+def plain_head(head):
+    """The ``nn.Linear`` under PEFT's trainable-token wrapper (whose ``.weight`` is the matrix with the
+    trained rows in place, what ``gpt.head_weight`` reads), else ``head`` itself."""
+    adapter = getattr(head, "token_adapter", None)
+    return adapter.get_base_layer() if adapter is not None else head
+
+
 def chunked_head(lm) -> bool:
     """Whether ``lm``'s LM loss may go through the chunked kernel from hidden states: a listed family
-    whose head is a plain ``nn.Linear`` (a LoRA-wrapped head must be called)."""
+    whose head is a plain ``nn.Linear``, or one under PEFT's trainable tokens (the GPT-1 markers' rows);
+    a head with LoRA on it (``lora.target_modules: [lm_head]``) must be called."""
     from torch import nn
 
     family = family_of(lm)
     _, head = body_and_head(lm)
-    return family is not None and family.chunked and type(head) is nn.Linear
+    return family is not None and family.chunked and type(plain_head(head)) is nn.Linear
 
 
 # --------------------------------------------------------------------------------------------- LoRA

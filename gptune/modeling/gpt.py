@@ -331,7 +331,7 @@ def head_weight(lm: nn.Module) -> torch.Tensor:
 def head_bias(lm: nn.Module) -> torch.Tensor | None:
     """The LM head's bias (V,) (GPT-J), or None."""
     _, head = body_and_head(lm)
-    return getattr(head, "bias", None)
+    return getattr(families.plain_head(head), "bias", None)
 
 
 def head_grad_rows(lm: nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
