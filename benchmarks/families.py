@@ -12,13 +12,15 @@ times each family through the model's own logits (the fallback for a family outs
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_name  # noqa: E402
 
 SHAPES = {  # n_layer, n_embd, n_head, batch, seq, vocab
     "tiny": (2, 32, 4, 8, 64, 320),
@@ -72,12 +74,7 @@ def main(argv=None) -> None:
             opt.zero_grad(set_to_none=True)
             if i >= 3:
                 times[name].append(time.perf_counter() - t)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = f"{cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     print(f"one training step, {n_layer} layers x {n_embd} wide, {n_head} heads, {batch} x {seq} tokens, "
           f"vocab {vocab}, {a.steps} interleaved steps, {a.threads} thread(s), torch {torch.__version__}, {cpu}")
     print("| family | parameters | step median (ms) | min-max (ms) | paired ratio to gpt2 (median) |")

@@ -81,6 +81,18 @@ def test_presets_have_the_published_sizes(preset):
     assert sum(p.numel() for p in lm.parameters()) == expected
 
 
+def test_docs_list_every_family_and_preset():
+    from pathlib import Path
+
+    from gptune.modeling.families import FAMILIES as TABLE
+    from gptune.modeling.families import PRESETS
+
+    doc = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
+    assert set(TABLE) == set(FAMILIES)  # the tests run on every family of the table
+    missing = [n for n in [*TABLE, *PRESETS] if f"`{n}`" not in doc]
+    assert not missing, f"docs/models.md lacks {missing}"
+
+
 def test_explicit_shape_keys_win_over_the_preset_and_errors_name_the_field(tmp_path):
     from gptune.modeling.gpt import random_config
 

@@ -72,7 +72,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
     Family("gptj", "GPT-J", "rotary", lambda s: {"rotary_dim": min(64, s["n_embd"] // s["n_head"])},
            note="untied head with a bias (added inside the kernel)"),
     Family("gpt_neox", "GPT-NeoX / Pythia", "rotary", _mlp(4, "intermediate_size"),
-           note="untied head embed_out; parallel residual"),
+           note="untied head (embed_out before transformers 5); parallel residual"),
     Family("opt", "OPT", "learned", _mlp(4, "ffn_dim"),
            note="project_in/project_out (word_embed_proj_dim != hidden_size) run inside the decoder"),
     Family("bloom", "BLOOM", "alibi", note="ALiBi biases inside attention; tied head"),
