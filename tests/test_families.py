@@ -269,7 +269,7 @@ all-linear): LoRA A/B on these layers of both blocks, the GPT-1 markers' rows (a
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_trains_exactly_the_familys_default_targets_and_the_new_rows(family, family_model_dir):
-    from gptune.modeling.heads import add_task_tokens
+    from gptune.modeling.heads import GPT1TaskModel, add_task_tokens
     from gptune.modeling.task_io import build_task_model
     from gptune.tasks import get_task
 
@@ -289,19 +289,25 @@ def test_lora_trains_exactly_the_familys_default_targets_and_the_new_rows(family
     assert model.lm.peft_config["default"].fan_in_fan_out == (family in ("gpt2", "openai-gpt"))
     _, batches = task_batches(tok)
     assert model.chunked  # the aux LM loss through the chunked kernel, the markers' trained rows in its matrix
-    out = model.train()(**batches["entailment"][1])
-    out["loss"].backward()
+    model.train()(**batches["entailment"][1])["loss"].backward()
     for name in NEW_ROWS[family]:  # every marker row learns, in the embedding and an untied head
         delta = dict(model.named_parameters())[f"{pre}{name}.token_adapter.trainable_tokens_delta.default"].grad
         assert delta.shape == (3, 32 if name != "model.decoder.embed_tokens" else 16)
         assert (delta.abs().sum(-1) > 0).all(), name
-    chunked = grads(model)
     model.zero_grad()
-    model.chunked = False  # the model's own logits, through PEFT's wrappers
-    again = model(**batches["entailment"][1])
-    again["loss"].backward()
-    torch.testing.assert_close(again["lm_loss"], out["lm_loss"], rtol=1e-5, atol=1e-6)
-    assert_same_grads(grads(model), chunked)
+    for kind, (task, batch) in batches.items():  # every task kind on the adapter: chunked == the model's logits
+        torch.manual_seed(0)
+        on_kind = GPT1TaskModel(model.lm, task, clf_dropout=0.0).train()
+        out = on_kind(**batch)
+        out["loss"].backward()
+        chunked = grads(on_kind)
+        on_kind.zero_grad()
+        on_kind.chunked = False  # through PEFT's wrappers
+        again = on_kind(**batch)
+        again["loss"].backward()
+        torch.testing.assert_close(again["lm_loss"], out["lm_loss"], rtol=1e-5, atol=1e-6, msg=kind)
+        assert_same_grads(grads(on_kind), chunked)
+        on_kind.zero_grad()
 
 
 def test_a_wrong_lora_target_lists_the_models_linear_layers(family_model_dir):
