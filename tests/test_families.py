@@ -127,6 +127,26 @@ def test_explicit_shape_keys_win_over_the_preset_and_errors_name_the_field(tmp_p
         random_config(r.model, 100, bos_id=0, eos_id=0)
 
 
+def test_a_config_file_inits_a_family_outside_the_table_whose_loss_comes_from_its_logits(tmp_path):
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from gptune.modeling.gpt import LMWithLoss, random_config
+
+    MistralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=64, sliding_window=8).save_pretrained(tmp_path)
+    r = build_recipe({"model": {"config_file": str(tmp_path), "tokenizer": "t", "config": {
+        "dropout": 0.0, "n_positions": 64}}, "train": {"max_steps": 1}})
+    cfg = random_config(r.model, 100, bos_id=0, eos_id=1)
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.max_position_embeddings, cfg.sliding_window,
+            cfg.attention_dropout) == ("mistral", 2, 64, 8, 0.0)
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(cfg).eval()
+    model = LMWithLoss(lm, fused_gelu=False)
+    assert not model.chunked  # not in the table: the model's own logits
+    ids = torch.randint(2, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(ids)[0], lm(input_ids=ids, labels=ids).loss, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- the one chunked loss kernel
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chunked_loss_and_its_gradients_equal_the_models_own(family, family_model_dir):
