@@ -280,10 +280,20 @@ def print_table(rows: list[dict], title: str = "") -> None:
     sys.stdout.flush()
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what ``platform`` says)."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "cuda": torch.cuda.is_available(), "platform": platform.platform(),
             "load_avg": os.getloadavg()}
 

@@ -15,7 +15,8 @@ def main(steps: int = 4) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gptune.losses import causal_lm_loss
-    from gptune.modeling.gpt import LMWithLoss, body_and_head
+    from gptune.modeling.families import body_and_head
+    from gptune.modeling.gpt import LMWithLoss
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=50257, n_positions=256, n_embd=384, n_layer=6, n_head=6,

@@ -22,32 +22,39 @@ import yaml
 
 from gptune.checks import Checked, report
 
-
 # --------------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------------
+DEFAULT_SHAPE = {"n_layer": 6, "n_head": 6, "n_embd": 384, "n_positions": 256}
+"""The shape of a random init when neither the ``model.arch`` preset nor ``model.config_file`` gives one."""
+
+
 @dataclass
 class ArchConfig(Checked):
     """Architecture of a randomly initialised model (ignored when ``model.name_or_path`` is set,
-    except ``dropout`` which is applied to pretrained models too)."""
+    except ``dropout`` which is applied to pretrained models too). Each shape key maps to the family's
+    own name (GPT-2's ``n_embd``, Llama's ``hidden_size``...)."""
 
-    n_layer: int = 6
-    """Number of transformer blocks."""
-    n_head: int = 6
-    """Attention heads per block; must divide ``n_embd``."""
-    n_embd: int = 384
-    """Width of the residual stream."""
-    n_positions: int = 256
-    """Longest sequence the model can read (its context); ``data.block_size`` must fit in it."""
+    n_layer: int | None = None
+    """Number of transformer blocks (absent: the ``model.arch`` preset's, the ``model.config_file``'s, else 6)."""
+    n_head: int | None = None
+    """Attention heads per block; must divide ``n_embd`` (absent: the preset's or config file's, else 6)."""
+    n_embd: int | None = None
+    """Width of the residual stream (absent: the preset's or config file's, else 384)."""
+    n_positions: int | None = None
+    """Longest sequence the model can read (its context); ``data.block_size`` must fit in it (absent: the
+    preset's or config file's, else 256)."""
     dropout: float = 0.1
-    """Residual, embedding and attention dropout (GPT-1 used 0.1)."""
+    """Every dropout rate of the model: residual, embedding, attention (GPT-1 used 0.1)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The family's own transformers config keys, passed as they are and winning over everything else
+    (e.g. ``{num_key_value_heads: 2, rope_theta: 500000}`` for llama); keys a family derives from the shape
+    (MLP width, GPT-Neo's attention pattern, GPT-J's rotary_dim) are filled unless given here (docs/models.md)."""
 
     def _checks(self):
-        for k in ("n_layer", "n_head", "n_embd", "n_positions"):
-            if getattr(self, k) <= 0:
+        for k in DEFAULT_SHAPE:
+            if getattr(self, k) is not None and getattr(self, k) <= 0:
                 yield k, f"must be > 0, got {getattr(self, k)}"
-        if self.n_head > 0 and self.n_embd % self.n_head:
-            yield "n_embd", f"must be divisible by model.config.n_head={self.n_head}, got {self.n_embd}"
         if not 0 <= self.dropout < 1:
             yield "dropout", f"must be in [0, 1), got {self.dropout}"
 
@@ -59,11 +66,16 @@ class ModelConfig(Checked):
     name_or_path: str | None = None
     """Pretrained model: a local folder (e.g. runs/books/final) or a hub id. Absent: random init from
     ``model.config``."""
-    arch: Literal["gpt2", "openai-gpt"] = "gpt2"
-    """Architecture for random init: GPT-2 (pre-LayerNorm) or GPT-1's OpenAI-GPT (post-LayerNorm, GELU,
-    N(0, 0.02) init). Both run their attention through PyTorch's SDPA kernel."""
+    arch: str = "gpt2"
+    """Architecture for random init: a family's ``model_type`` (gpt2, openai-gpt, gpt_neo, gptj, gpt_neox,
+    opt, bloom, llama, qwen2) with the ``model.config`` shape, or a named size that sets the shape
+    (gpt2-small, gpt2-medium, gpt2-large, gpt2-xl, gpt1, pythia-160m, opt-350m, tinyllama-1.1b, ...;
+    the full list: docs/models.md); keys set in ``model.config`` win over the preset's."""
     config: ArchConfig = field(default_factory=ArchConfig)
     """Architecture of a randomly initialised model."""
+    config_file: str | None = None
+    """A transformers ``config.json`` (file or folder) to initialise randomly from instead of ``model.arch``:
+    its ``model_type`` picks the family, ``model.config`` keys that are set win over it."""
     tokenizer: str | None = None
     """Tokenizer: a local folder, a hub id, or ``train`` (byte-level BPE trained on ``data.path`` and
     saved in the run folder). Absent: the tokenizer saved with ``model.name_or_path``."""
@@ -81,7 +93,30 @@ class ModelConfig(Checked):
     """Fine-tuning: transfer the embeddings and the first k transformer blocks of the pretrained model and
     re-initialise the blocks above k (GPT-1's Fig. 2 left; 0: embeddings only). Absent: every block."""
 
+    def __post_init__(self):
+        from gptune.modeling.families import PRESETS
+
+        if self.config_file is None:  # a config file gives its own shape: nothing is filled in over it
+            preset = PRESETS.get(self.arch)
+            for key, default in DEFAULT_SHAPE.items():
+                if getattr(self.config, key) is None:
+                    setattr(self.config, key, getattr(preset, key) if preset else default)
+            if preset is not None:
+                self.config.extra = {**preset.extra, **self.config.extra}
+        super().__post_init__()  # then the checks, as every section
+
     def _checks(self):
+        from gptune.modeling.families import ARCHS
+
+        if self.arch not in ARCHS:
+            import difflib
+
+            close = difflib.get_close_matches(self.arch, ARCHS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            yield "arch", f"unknown architecture {self.arch!r}; {hint}choose from {', '.join(ARCHS)}"
+        a = self.config
+        if a.n_head and a.n_embd and a.n_head > 0 and a.n_embd % a.n_head:
+            yield "config.n_embd", f"must be divisible by model.config.n_head={a.n_head}, got {a.n_embd}"
         if self.tokenizer_train_bytes < 1:
             yield "tokenizer_train_bytes", f"must be >= 1, got {self.tokenizer_train_bytes}"
         if self.vocab_size < 300:
@@ -271,8 +306,11 @@ class LoraConfig(Checked):
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = 0.05
     """Dropout on the LoRA input."""
-    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
-    """Modules that get adapters (GPT-2 and GPT-1 names; both use Conv1D, so fan_in_fan_out is set)."""
+    target_modules: list[str] | None = None
+    """Modules that get adapters, by the last part of their name (``[q_proj, v_proj]``), or ``all-linear``
+    (every linear layer of the body). Absent: PEFT's default for the model's family (GPT-2: c_attn; Llama:
+    q_proj, v_proj; GPT-NeoX: query_key_value), else all-linear. ``fan_in_fan_out`` is set where the layers
+    are Conv1D (GPT-2, GPT-1)."""
     merge: bool = False
     """Also write a merged full model to ``final/merged``."""
     save_embeddings: bool = True
@@ -294,8 +332,8 @@ class LoraConfig(Checked):
             yield "dropout", f"must be in [0, 1), got {self.dropout}"
         if self.lr is not None and self.lr <= 0:
             yield "lr", f"must be > 0, got {self.lr}"
-        if not self.target_modules:
-            yield "target_modules", "must name at least one module"
+        if self.target_modules is not None and not self.target_modules:
+            yield "target_modules", "must name at least one module (or be absent: the family's default)"
 
 
 @dataclass
@@ -387,7 +425,9 @@ class Recipe:
     def _checks(self):
         """What spans sections (each message names the key to change)."""
         m, d = self.model, self.data
-        if m.name_or_path is None and d.block_size > m.config.n_positions > 0:
+        context = m.config.n_positions  # filled from the preset; a config file's own is read at run time
+        if m.name_or_path is None and m.config_file is None and context and d.block_size > context \
+                and not {"n_positions", "max_position_embeddings"} & set(m.config.extra):
             yield (f"data.block_size={d.block_size} is larger than the model's context "
                    f"(model.config.n_positions={m.config.n_positions}); lower it or raise model.config.n_positions")
         if self.lora.merge and not self.lora.enabled:

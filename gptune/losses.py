@@ -22,13 +22,15 @@ def _chunk_rows(vocab: int) -> int:
     return max(64, (1 << 25) // max(vocab, 1))
 
 
-def _scored_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+def _scored_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                   bias: torch.Tensor | None = None):
     """The one cross-entropy-from-hidden-states kernel: yields, chunk by chunk of the scored rows,
     ``(start, h, t, e, sums, nll)`` with ``e`` (n, V) holding exp(logit - row max) (in place, one reused
     buffer), ``sums`` (n,) its row sums and ``nll`` (n,) the per-row cross-entropy.
 
-    hidden (N, C), weight (V, C), targets (N,) with IGNORE_INDEX on rows that are not scored; ``start``
-    counts scored rows. Accumulates in float32 (float64 for float64 inputs); half-precision logits are upcast.
+    hidden (N, C), weight (V, C), targets (N,) with IGNORE_INDEX on rows that are not scored, bias (V,)
+    or None (the head's bias: GPT-J); ``start`` counts scored rows. Accumulates in float32 (float64 for
+    float64 inputs); half-precision logits are upcast.
     """
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     # One (chunk, V) logits buffer reused by every chunk, and in-place softmax: fresh 50k-wide
@@ -43,6 +45,8 @@ def _scored_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
             logits = torch.mm(h, weight.t(), out=buf[:n])  # (n, V)
         else:
             logits = (h @ weight.t()).to(acc)  # (n, V)
+        if bias is not None:
+            logits.add_(bias.to(acc))
         picked = logits.gather(1, t[:, None]).squeeze(1)  # (n,) read before the in-place ops
         top = logits.amax(dim=1)  # (n,) keeps exp() finite
         sums = logits.sub_(top[:, None]).exp_().sum(dim=1)  # (n,) logits now hold exp(logit - top)
@@ -58,9 +62,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """sum over valid rows of CE(hidden @ weight.T, target) / denom, gradients computed chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, denom, chunk, grad_rows=None):
+    def forward(ctx, hidden, weight, targets, denom, chunk, grad_rows=None, bias=None):
         # grad_rows (k,): when set, the only rows of weight whose gradient anyone needs
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[6]
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         rows = _scored_rows(targets)
         h_all, hidden, targets = hidden, hidden.index_select(0, rows), targets.index_select(0, rows)
@@ -68,19 +72,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None  # (n, C)
         w_rows = weight.shape[0] if grad_rows is None else grad_rows.numel()
         grad_w = torch.zeros(w_rows, weight.shape[1], dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
         plain = hidden.dtype == weight.dtype == acc and not torch.is_autocast_enabled(hidden.device.type)
         inv_denom = 1.0 / denom
         per_row = inv_denom.dim() == 1  # a divisor per row (sequence mean) instead of one for all
         if per_row:
             inv_denom = inv_denom.index_select(0, rows)  # (n,)
-        for s, h, t, e, sums, nll in _scored_chunks(hidden, weight, targets, chunk):
+        for s, h, t, e, sums, nll in _scored_chunks(hidden, weight, targets, chunk, bias):
             n = h.shape[0]
             inv = inv_denom[s : s + n] if per_row else inv_denom
             total += (nll * inv).sum() if per_row else nll.sum()
-            if need_h or need_w:
+            if need_h or need_w or need_b:
                 # d CE / d logits = softmax - onehot(target), scaled by 1 / denom
                 g = e.mul_((inv / sums)[:, None])
                 g.scatter_add_(1, t[:, None], (-inv).to(acc).expand(n).reshape(n, 1).contiguous())
+                if need_b:
+                    grad_b += g.sum(0)
                 if plain:
                     if need_h:
                         torch.mm(g, weight, out=grad_h[s : s + n])
@@ -97,25 +104,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         grad_w += (g_w.t() @ h).to(acc)
         if need_h:
             grad_h = torch.zeros_like(h_all).index_copy_(0, rows, grad_h)  # (N, C): 0 on ignored rows
-        ctx.save_for_backward(*(x for x in (grad_h, grad_w) if x is not None))
-        ctx.need = (need_h, need_w)
+        ctx.save_for_backward(*(x for x in (grad_h, grad_w, grad_b) if x is not None))
+        ctx.need = (need_h, need_w, need_b)
         ctx.w_dtype, ctx.w_shape, ctx.grad_rows = weight.dtype, weight.shape, grad_rows
+        ctx.b_dtype = None if bias is None else bias.dtype
         return total if per_row else total / denom
 
     @staticmethod
     def backward(ctx, grad_out):
         saved = list(ctx.saved_tensors)
-        need_h, need_w = ctx.need
+        need_h, need_w, need_b = ctx.need
         gh = saved.pop(0) * grad_out if need_h else None
         gw = (saved.pop(0) * grad_out).to(ctx.w_dtype) if need_w else None
+        gb = (saved.pop(0) * grad_out).to(ctx.b_dtype) if need_b else None
         if gw is not None and ctx.grad_rows is not None:  # (k, C) -> (V, C), zero where nobody needs it
             gw = gw.new_zeros(ctx.w_shape).index_copy_(0, ctx.grad_rows, gw)
-        return gh, gw, None, None, None, None
+        return gh, gw, None, None, None, None, gb
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          *, chunk: int | None = None, grad_rows: torch.Tensor | None = None,
-                         row_denom: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         row_denom: torch.Tensor | None = None,
+                         bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-mean cross-entropy of ``hidden @ weight.T`` against ``targets`` (IGNORE_INDEX skipped).
 
     hidden (N, C), weight (V, C), targets (N,). Returns (mean loss, number of scored tokens).
@@ -123,18 +133,20 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     ``grad_rows`` (k,): only these rows of ``weight`` get a gradient (the others get zeros); for a head
     built from a frozen matrix plus a few trainable rows (LoRA's new-token rows) this replaces the
     (V x C) weight-gradient GEMM by a (k x C) one. ``row_denom`` (N,): divide each row's loss by its own
-    number instead of the count of scored rows (``causal_lm_loss``'s sequence mean).
+    number instead of the count of scored rows (``causal_lm_loss``'s sequence mean). ``bias`` (V,): the
+    head's bias, added to every row of logits.
     """
     n = (targets != IGNORE_INDEX).sum()
     denom = n.clamp(min=1) if row_denom is None else row_denom
     denom = denom.to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-    loss = _LinearCrossEntropy.apply(hidden, weight, targets, denom, chunk or _chunk_rows(weight.shape[0]), grad_rows)
+    loss = _LinearCrossEntropy.apply(hidden, weight, targets, denom, chunk or _chunk_rows(weight.shape[0]), grad_rows,
+                                     bias)
     return loss, n
 
 
 @torch.no_grad()
 def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-              *, chunk: int | None = None) -> torch.Tensor:
+              *, chunk: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row negative log-likelihood (0 on IGNORE_INDEX rows) by the same kernel, without gradients.
 
     hidden (N, C), weight (V, C), targets (N,) -> (N,) float32 (float64 for float64 inputs).
@@ -144,7 +156,7 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     out = torch.zeros(hidden.shape[0], dtype=acc, device=hidden.device)
     scored = torch.empty(rows.numel(), dtype=acc, device=hidden.device)
     chunks = _scored_chunks(hidden.index_select(0, rows), weight, targets.index_select(0, rows),
-                            chunk or _chunk_rows(weight.shape[0]))
+                            chunk or _chunk_rows(weight.shape[0]), bias)
     for s, _, _, _, _, nll in chunks:
         scored[s : s + nll.shape[0]] = nll
     return out.index_copy_(0, rows, scored)
@@ -162,34 +174,56 @@ def shift_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     return targets
 
 
-def causal_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None,
-                   labels: torch.Tensor | None = None,
-                   grad_rows: torch.Tensor | None = None,
-                   mean: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal-LM loss from hidden states (B, T, C); padding masked. Returns (loss, tokens).
-
-    ``mean="token"``: one mean over every scored token. ``mean="sequence"`` (GPT-1's fine-tuning code):
-    each sequence's token mean, then the mean over the sequences that score any token.
-    """
+def lm_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None, mean: str = "token") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(targets (B, T), per-row divisor (B*T,) or None) of the causal-LM loss: see ``causal_lm_loss``."""
     targets = shift_targets(input_ids, attention_mask, labels)  # (B, T)
     row_denom = None
     if mean == "sequence":
         per_seq = (targets != IGNORE_INDEX).sum(1, keepdim=True)  # (B, 1) scored tokens per sequence
         n_seq = (per_seq > 0).sum().clamp(min=1)
         row_denom = (per_seq.clamp(min=1) * n_seq).expand_as(targets).reshape(-1)  # (B*T,)
-    return lm_loss_from_hidden(hidden, head_weight, targets, grad_rows=grad_rows, row_denom=row_denom)
+    return targets, row_denom
+
+
+def causal_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None,
+                   labels: torch.Tensor | None = None,
+                   grad_rows: torch.Tensor | None = None,
+                   mean: str = "token", bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal-LM loss from hidden states (B, T, C); padding masked. Returns (loss, tokens).
+
+    ``mean="token"``: one mean over every scored token. ``mean="sequence"`` (GPT-1's fine-tuning code):
+    each sequence's token mean, then the mean over the sequences that score any token.
+    """
+    targets, row_denom = lm_targets(input_ids, attention_mask, labels, mean)
+    return lm_loss_from_hidden(hidden, head_weight, targets, grad_rows=grad_rows, row_denom=row_denom, bias=bias)
 
 
 def lm_loss_from_hidden(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor, *,
                         per_token: bool = False, grad_rows: torch.Tensor | None = None,
-                        row_denom: torch.Tensor | None = None):
+                        row_denom: torch.Tensor | None = None, bias: torch.Tensor | None = None):
     """hidden (B, T, C), targets (B, T) (IGNORE_INDEX: not scored). ``per_token``: the NLL of every position
     (B, T), 0 where not scored, without gradients (validation, perplexity); else (token-mean loss, tokens)."""
     flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     if per_token:
-        return token_nll(flat_h, head_weight, flat_t).view(targets.shape)
-    return linear_cross_entropy(flat_h, head_weight, flat_t, grad_rows=grad_rows, row_denom=row_denom)
+        return token_nll(flat_h, head_weight, flat_t, bias=bias).view(targets.shape)
+    return linear_cross_entropy(flat_h, head_weight, flat_t, grad_rows=grad_rows, row_denom=row_denom, bias=bias)
+
+
+def lm_loss_from_logits(logits: torch.Tensor, targets: torch.Tensor, *, per_token: bool = False,
+                        row_denom: torch.Tensor | None = None):
+    """The same loss from full logits (B, T, V), for models whose logits are more than ``head(hidden)``
+    (a family ``gptune.modeling.families`` does not list). Same returns as ``lm_loss_from_hidden``."""
+    flat_t = targets.reshape(-1)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_t, ignore_index=IGNORE_INDEX,
+                          reduction="none")  # (B*T,) 0 where not scored
+    if per_token:
+        return nll.detach().view(targets.shape)
+    n = (flat_t != IGNORE_INDEX).sum()
+    if row_denom is not None:
+        return (nll / row_denom.to(nll.dtype)).sum(), n
+    return nll.sum() / n.clamp(min=1), n
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, *, regression: bool) -> torch.Tensor:

@@ -45,6 +45,30 @@ def build_tiny_tokenizer(out_dir, vocab_size: int = 320):
     return str(out_dir)
 
 
+def build_llama_tokenizer(out_dir, vocab_size: int = 400):
+    """A Llama-style tokenizer (SentencePiece-like BPE: ``▁`` word marks, byte fallback, <unk> <s> </s>,
+    BOS added) trained on `make_text`, saved as a ``LlamaTokenizer``: no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(make_text(2000).splitlines(), trainer)
+    LlamaTokenizer(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(str(out_dir))
+    AutoTokenizer.from_pretrained(str(out_dir), add_bos_token=True).save_pretrained(str(out_dir))
+    return str(out_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_tokenizer_dir(tmp_path_factory):
+    """Folder of a tiny Llama-style tokenizer (400 entries, ids 0-2: <unk> <s> </s>, BOS added)."""
+    return build_llama_tokenizer(tmp_path_factory.mktemp("llama-tok"))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     """Folder of a tiny byte-level BPE tokenizer (about 320 entries) that AutoTokenizer loads."""
@@ -223,3 +247,46 @@ def guide_loop(model, input_ids, max_length: int, stride: int) -> tuple[float, i
         if end_loc == seq_len:
             break
     return nll_sum, n_tokens
+
+
+FAMILIES = ["gpt2", "openai-gpt", "gpt_neo", "gptj", "gpt_neox", "opt", "bloom", "llama", "qwen2"]
+"""Every family of ``gptune.modeling.families``, each as a tiny random model (``family_model_dir``)."""
+
+FAMILY_EXTRA = {"llama": {"num_key_value_heads": 2}, "qwen2": {"num_key_value_heads": 2},
+                "opt": {"word_embed_proj_dim": 16}, "gpt_neo": {"window_size": 8}}
+"""Family keys of the tiny models: grouped-query attention, OPT's project_in/project_out, a local window
+shorter than the sequences."""
+
+
+def build_family_model(family: str, out_dir, tokenizer_dir) -> str:
+    """A tiny random ``family`` model by gptune's own random init (2 layers, 32 wide, 4 heads, context 64,
+    no dropout), saved with save_pretrained, its tokenizer beside it."""
+    import torch
+
+    from gptune.modeling.gpt import build_causal_lm
+    from gptune.recipes import build_recipe
+    from gptune.tokenization import load_tokenizer
+
+    recipe = build_recipe({"model": {"arch": family, "tokenizer": str(tokenizer_dir), "config": {
+        "n_layer": 2, "n_head": 4, "n_embd": 32, "n_positions": 64, "dropout": 0.0,
+        "extra": FAMILY_EXTRA.get(family, {})}}, "train": {"max_steps": 1}})
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    torch.manual_seed(0)
+    build_causal_lm(recipe.model, tokenizer).save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return str(out_dir)
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_llama_tokenizer_dir):
+    """``family_model_dir(family)``: the folder of that family's tiny model (built once per session); Llama's
+    with the Llama-style tokenizer, the others with the byte-level BPE."""
+    built = {}
+
+    def get(family: str) -> str:
+        if family not in built:
+            tok = tiny_llama_tokenizer_dir if family == "llama" else tiny_tokenizer_dir
+            built[family] = build_family_model(family, tmp_path_factory.mktemp(f"tiny-{family}"), tok)
+        return built[family]
+
+    return get

@@ -138,9 +138,13 @@ def test_a_section_built_in_code_validates_itself_naming_the_key():
     with pytest.raises(GptuneError, match=r"^train\.lr: must be > 0, got -1$"):
         TrainConfig(max_steps=1, lr=-1)
     with pytest.raises(GptuneError) as e:  # every problem of the section at once
-        ArchConfig(n_head=3, n_embd=32, dropout=1.5)
-    assert e.value.problems == ["model.config.n_embd: must be divisible by model.config.n_head=3, got 32",
+        ArchConfig(n_layer=0, dropout=1.5)
+    assert e.value.problems == ["model.config.n_layer: must be > 0, got 0",
                                 "model.config.dropout: must be in [0, 1), got 1.5"]
+    from gptune.config import ModelConfig
+
+    with pytest.raises(GptuneError, match=r"^model\.config\.n_embd: must be divisible by model\.config\.n_head=3"):
+        ModelConfig(tokenizer="train", config=ArchConfig(n_head=3, n_embd=32))
     import dataclasses
 
     with pytest.raises(GptuneError, match=r"lora\.r: must be > 0"):  # replace() re-validates

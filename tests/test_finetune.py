@@ -136,7 +136,8 @@ def test_lora_trainable_set_is_exact_and_gradients_reach_head_and_new_rows(tok, 
     tokenizer, special_ids = tok
     task = get_task("rte")
     recipe = build_recipe({"model": {"name_or_path": tiny_model_dir, "config": {"dropout": 0.0}},
-                           "task": {"name": "rte", "clf_dropout": 0.0}, "lora": {"enabled": True},
+                           "task": {"name": "rte", "clf_dropout": 0.0},
+                           "lora": {"enabled": True, "target_modules": "all-linear"},
                            "train": {"max_steps": 1}})
     model = build_task_model(recipe, task, tokenizer, special_ids)
     pre = "lm.base_model.model."  # the adapter sits on the bare LM; the head beside it, outside PEFT

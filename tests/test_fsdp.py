@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import accelerate_launch, finetune_args, make_workdir, run_cli, train_events
+from conftest import FAMILIES, accelerate_launch, finetune_args, make_workdir, run_cli, train_events
 
 FSDP_YAML = Path(str(importlib.resources.files("gptune.recipes") / "accelerate" / "fsdp.yaml"))
 RECIPE = (
@@ -36,24 +36,23 @@ def launcher_env(config: Path) -> dict:
     return prepare_multi_gpu_env(args)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "openai-gpt"])
-def test_the_shipped_fsdp_config_wraps_every_block_of_both_architectures(arch, monkeypatch):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_shipped_fsdp_config_wraps_every_block_of_every_family(family, family_model_dir, monkeypatch):
     from accelerate.utils import FullyShardedDataParallelPlugin
-    from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
 
-    from gptune.modeling.gpt import LMWithLoss
+    from gptune.modeling.families import decoder_blocks
+    from gptune.modeling.gpt import LMWithLoss, load_pretrained_lm
 
     for key, value in launcher_env(FSDP_YAML).items():
         monkeypatch.setenv(key, value)
-    kw = dict(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2)
-    lm = GPT2LMHeadModel(GPT2Config(**kw)) if arch == "gpt2" else OpenAIGPTLMHeadModel(OpenAIGPTConfig(**kw))
+    lm = load_pretrained_lm(family_model_dir(family))
     model = LMWithLoss(lm)
     plugin = FullyShardedDataParallelPlugin()  # as Accelerate builds it in each launched process
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
     plugin.set_auto_wrap_policy(model)  # raised "Could not find the transformer layer class Block" before
     units = [m for m in model.modules() if plugin.auto_wrap_policy(module=m, recurse=False, nonwrapped_numel=0)]
-    assert units == list(lm.transformer.h)
-    assert plugin.transformer_cls_names_to_wrap == ["GPT2Block" if arch == "gpt2" else "Block"]
+    assert units == list(decoder_blocks(lm)[1])  # the blocks, from _no_split_modules (GPT-1: their class)
+    assert plugin.transformer_cls_names_to_wrap == sorted(lm._no_split_modules or ["Block"])
 
 
 @pytest.mark.slow  # two launches of 2 processes
@@ -101,11 +100,14 @@ def test_fsdp2_pretraining_matches_one_process_is_sharded_and_resumes_exactly(tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["full", "lora"])
-def test_fsdp2_finetuning_matches_one_process_and_saves_a_consolidated_final(mode, tiny_model_dir, sst2_dir,
-                                                                              tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode,family", [("full", "gpt2"), ("lora", "gpt2"), ("lora", "llama")])
+def test_fsdp2_finetuning_matches_one_process_and_saves_a_consolidated_final(mode, family, tiny_model_dir, sst2_dir,
+                                                                              family_model_dir, tmp_path, monkeypatch):
+    """Llama: the untied head, whose marker rows LoRA trains too (a second trainable-token matrix)."""
     from gptune.modeling.task_io import load_task_model
 
+    if family != "gpt2":
+        tiny_model_dir = family_model_dir(family)
     make_workdir(tmp_path, monkeypatch, {})
     assert run_cli(*finetune_args(tiny_model_dir, sst2_dir, "runs/one", mode)) == 0
     accelerate_launch(tmp_path, FSDP_YAML, *finetune_args(tiny_model_dir, sst2_dir, "runs/fsdp", mode), "--merge")

@@ -137,12 +137,12 @@ def test_openai_gpt(tokenizer, ids):
     assert rel(result.nll_sum, nll) < 1e-6
 
 
-def test_unknown_architecture_falls_back_to_full_logits(gpt2, ids):
-    class SomeOtherLM(GPT2LMHeadModel):  # not in the head-split table
-        pass
+def test_a_family_outside_the_table_falls_back_to_full_logits(gpt2, ids, monkeypatch):
+    from gptune.modeling import families
 
-    other = SomeOtherLM(gpt2.config).eval()
+    other = tiny_gpt2(gpt2.config.vocab_size).eval()
     other.load_state_dict(gpt2.state_dict())
+    monkeypatch.delitem(families.FAMILIES, "gpt2")  # as for a model_type gptune does not list
     assert not ppl._Scorer(other).split
     result = sliding_window_nll(other, ids, max_length=64, stride=24, batch_size=2)
     reference = sliding_window_nll(gpt2, ids, max_length=64, stride=24)

@@ -28,10 +28,10 @@ from gptune.errors import GptuneError
 if TYPE_CHECKING:  # torch stays out of import time, so `gptune --help` stays fast
     import torch
 
-# Architectures whose LM head is exactly `get_output_embeddings()(base_model(...).last_hidden_state)`:
-# only these go through the chunked cross-entropy from hidden states (losses.py), which skips the context
-# positions. Anything else gets full logits from `forward`, _ROWWISE_CHUNK rows of them at a time.
-_HEAD_SPLIT_ARCHITECTURES = {"GPT2LMHeadModel", "OpenAIGPTLMHeadModel"}
+# Models whose logits are exactly their head applied to the body's hidden states (the families of
+# gptune.modeling.families, `chunked_head`) go through the chunked cross-entropy from hidden states
+# (losses.py), which skips the context positions. Anything else gets full logits from `forward`,
+# _ROWWISE_CHUNK rows of them at a time.
 _ROWWISE_CHUNK = 128
 
 
@@ -276,13 +276,11 @@ class _Scorer:
         if isinstance(inner, LMWithLoss):
             self.split, self.lm_loss = True, model
             return
-        base = _unwrap_peft(inner)
-        head = base.get_output_embeddings() if base is not None else None
-        import torch
+        from gptune.modeling.families import chunked_head
 
-        # a LoRA (or biased) head is more than its weight matrix: it must be called
-        self.split = (base is not None and type(base).__name__ in _HEAD_SPLIT_ARCHITECTURES
-                      and type(head) is torch.nn.Linear and head.bias is None)
+        base = _unwrap_peft(inner)
+        # a LoRA-wrapped head is more than its weight matrix: it must be called
+        self.split = base is not None and chunked_head(base)
         if self.split:
             self.lm_loss = LMWithLoss(base, fused_gelu=False)
 

@@ -159,13 +159,15 @@ def load_checkpoint_lm(ckpt: Path, like: Path):
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from gptune.modeling.families import tied_keys
+
     weights = Path(ckpt) / "model.safetensors"
     if not weights.is_file():
         raise GptuneError(f"{ckpt}: no model.safetensors (not a gptune pretraining checkpoint)")
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(like))
     state = {k.removeprefix("lm."): v for k, v in load_file(str(weights)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    tied = tied_keys(model)
     if unexpected or set(missing) - tied:
         raise GptuneError(f"{ckpt}: weights do not fit {like}/config.json "
                           f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")

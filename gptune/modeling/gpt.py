@@ -13,6 +13,8 @@ from transformers.models.openai.modeling_openai import Attention as _OpenAIGPTAt
 from gptune.config import ModelConfig
 from gptune.errors import GptuneError, first_line
 from gptune.hub import is_local
+from gptune.modeling import families
+from gptune.modeling.families import block_class_names, body_and_head, decoder_blocks, unwrap
 
 
 def _offline_hint(flag: str) -> str:
@@ -20,28 +22,11 @@ def _offline_hint(flag: str) -> str:
 
 
 def random_config(mcfg: ModelConfig, vocab_size: int, *, bos_id: int | None, eos_id: int | None):
-    """A Hugging Face config for a randomly initialised GPT-2 or OpenAI-GPT model."""
+    """A transformers config for a randomly initialised model of ``model.arch`` (or ``model.config_file``)."""
     a = mcfg.config
-    common = dict(
-        vocab_size=vocab_size,
-        n_positions=a.n_positions,
-        n_embd=a.n_embd,
-        n_layer=a.n_layer,
-        n_head=a.n_head,
-        resid_pdrop=a.dropout,
-        embd_pdrop=a.dropout,
-        attn_pdrop=a.dropout,
-    )
-    if mcfg.arch == "openai-gpt":
-        from transformers import OpenAIGPTConfig
-
-        # GPT-1's config has no bos/eos; they go into the config for generation only.
-        return OpenAIGPTConfig(**common, bos_token_id=bos_id, eos_token_id=eos_id)
-    from transformers import GPT2Config
-
-    # no pad_token_id: packed text has EOS between documents, which transformers would otherwise take
-    # for padding and warn about; batches that are padded always carry an attention mask
-    return GPT2Config(**common, bos_token_id=bos_id, eos_token_id=eos_id)
+    shape = {k: getattr(a, k) for k in ("n_layer", "n_head", "n_embd", "n_positions")}
+    return families.random_config(mcfg.arch, shape, dropout=a.dropout, extra=a.extra, config_file=mcfg.config_file,
+                                  vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id)
 
 
 def build_causal_lm(mcfg: ModelConfig, tokenizer) -> nn.Module:
@@ -71,11 +56,7 @@ def enable_gradient_checkpointing(lm: nn.Module) -> None:
     if lm.supports_gradient_checkpointing:
         lm.activation_checkpointing_enable({"use_reentrant": False})
         return
-    body, _ = body_and_head(lm)
-    blocks = getattr(body, "h", None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise GptuneError(f"model.gradient_checkpointing: not supported for {type(lm).__name__}; set it to false")
-    for block in blocks:
+    for block in decoder_blocks(lm)[1]:
         block.forward = types.MethodType(_checkpointed_forward, block)
 
 
@@ -132,12 +113,19 @@ def fit_tokenizer(model, tokenizer, *, source: str = "the model") -> None:
 
 
 def set_dropout(model, p: float) -> None:
-    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
-        if hasattr(model.config, key):
-            setattr(model.config, key, p)
+    """Every dropout rate of a loaded model: ``nn.Dropout`` modules, and the float ``*dropout``/``*pdrop``
+    attributes of its modules and config (Llama, OPT and BLOOM read rates from plain attributes)."""
+    def rates(obj):
+        return [k for k, v in vars(obj).items() if k.endswith(("dropout", "pdrop"))
+                and isinstance(v, int | float) and not isinstance(v, bool)]
+
+    for key in rates(model.config):
+        setattr(model.config, key, p)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = p
+        for key in rates(module):  # e.g. LlamaAttention.attention_dropout
+            setattr(module, key, p)
 
 
 def reinit_blocks_above(lm, k: int) -> int:
@@ -145,10 +133,7 @@ def reinit_blocks_above(lm, k: int) -> int:
     above with the model's own init (GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer);
     seed the RNG first). The final LayerNorm and the tied LM head stay as loaded. Returns how many
     blocks were re-initialised (GPT-1's Fig. 2 left: transfer k layers)."""
-    body, _ = body_and_head(lm)
-    blocks = getattr(body, "h", None)
-    if blocks is None:
-        raise GptuneError(f"model.transfer_layers: {type(body).__name__} has no .h list of blocks to re-initialise")
+    blocks = decoder_blocks(lm)[1]
     if not 0 <= k <= len(blocks):
         raise GptuneError(f"model.transfer_layers: must be in [0, {len(blocks)}] (the model has {len(blocks)} "
                           f"blocks), got {k}")
@@ -161,18 +146,6 @@ def reinit_blocks_above(lm, k: int) -> int:
                 module._is_hf_initialized = False
                 lm._init_weights(module)
     return len(blocks) - k
-
-
-def body_and_head(model) -> tuple[nn.Module, nn.Module]:
-    """(transformer body returning hidden states, LM head) of a causal LM, unwrapping PEFT and DDP."""
-    inner = model
-    for attr in ("module", "_orig_mod"):  # DDP / torch.compile wrappers
-        while hasattr(inner, attr) and isinstance(getattr(inner, attr), nn.Module):
-            inner = getattr(inner, attr)
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
-    body = getattr(inner, inner.base_model_prefix)
-    return body, inner.get_output_embeddings()
 
 
 def context_length(config) -> int | None:
@@ -210,18 +183,6 @@ def use_fused_gelu(model: nn.Module) -> int:
                 setattr(module, name, GELUTanh())
                 swapped += 1
     return swapped
-
-
-def block_class_names(lm: nn.Module) -> list[str]:
-    """Class names of the transformer blocks, one FSDP unit each: the model's ``_no_split_modules``, or
-    for models without one (OpenAI-GPT) the class of the body's ``h`` blocks."""
-    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    names = list(getattr(inner, "_no_split_modules", None) or [])
-    if not names:
-        body, _ = body_and_head(inner)
-        blocks = getattr(body, "h", None)
-        names = sorted({type(b).__name__ for b in blocks}) if blocks is not None else []
-    return names
 
 
 class SdpaOpenAIGPTAttention(_OpenAIGPTAttention):
@@ -284,9 +245,11 @@ def register_head_for_zero3(model: nn.Module) -> None:
 
 class LMWithLoss(nn.Module):
     """A causal LM whose forward returns the LM loss, computed from hidden states with the chunked head
-    (the full logits are never built). Accelerate/DDP/FSDP/DeepSpeed wrap this module, so the forward
-    that reads the (tied) head matrix is the one the engine gathers parameters for: validation and
-    perplexity call it too (``per_token=True``) rather than reading a possibly sharded weight outside it."""
+    (the full logits are never built; families that need more than ``head(hidden)`` -- see
+    ``families.chunked_head`` -- go through the model's own logits). Accelerate/DDP/FSDP/DeepSpeed wrap this
+    module, so the forward that reads the head matrix is the one the engine gathers parameters for:
+    validation and perplexity call it too (``per_token=True``) rather than reading a possibly sharded weight
+    outside it."""
 
     def __init__(self, lm: nn.Module, *, fused_gelu: bool = True):
         super().__init__()
@@ -294,6 +257,7 @@ class LMWithLoss(nn.Module):
         if fused_gelu:
             use_fused_gelu(lm)
         self._no_split_modules = block_class_names(lm)  # FSDP's wrap policy reads it off the wrapped model
+        self.chunked = families.chunked_head(lm)
 
     @property
     def config(self):
@@ -304,39 +268,84 @@ class LMWithLoss(nn.Module):
         """input_ids (B, T). ``targets`` (B, T): what each position predicts (IGNORE_INDEX: nothing), by
         default the next token (padding masked). Returns (token-mean loss, scored tokens), or with
         ``per_token`` the NLL (B, T) of every position (0 where not scored), without gradients."""
-        from gptune.losses import lm_loss_from_hidden, shift_targets
+        from gptune.losses import shift_targets
 
-        body, _ = body_and_head(self.lm)
-        # no KV cache when scoring; in training the model's default: with use_cache=False and no mask,
-        # transformers probes the position ids for packed sequences with a host sync every micro-batch
-        extra = {} if self.training else body_kwargs(body)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # (B, T, C)
+        hidden, logits = run_lm(self.lm, input_ids, attention_mask, chunked=self.chunked, scoring=not self.training)
         if targets is None:
             targets = shift_targets(input_ids, attention_mask)  # (B, T)
-        return lm_loss_from_hidden(hidden, head_weight(self.lm), targets, per_token=per_token)
+        return lm_loss(self.lm, hidden, logits, targets, per_token=per_token)
+
+
+def run_lm(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+           chunked: bool, scoring: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(final hidden states (B, T, C), logits (B, T, V) or None). ``chunked``: the body alone, the loss to
+    come from the hidden states; else the model's own forward, logits and all. ``scoring``: no KV cache.
+    In training the model's default: with use_cache=False and no mask, transformers probes the position
+    ids for packed sequences with a host sync every micro-batch."""
+    if chunked:
+        body, _ = body_and_head(lm)
+        extra = body_kwargs(body) if scoring else {}
+        return body(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state, None
+    extra = {"use_cache": False} if scoring else {}
+    out = lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra)
+    return out.hidden_states[-1], out.logits
+
+
+def lm_loss(lm: nn.Module, hidden: torch.Tensor, logits: torch.Tensor | None, targets: torch.Tensor, *,
+            per_token: bool = False, row_denom: torch.Tensor | None = None):
+    """The LM loss of ``run_lm``'s output: from ``logits`` when the model gave them, else from ``hidden`` by
+    the chunked kernel with ``lm``'s head (read here: call it inside the wrapped model's forward)."""
+    from gptune.losses import lm_loss_from_hidden, lm_loss_from_logits
+
+    if logits is not None:
+        return lm_loss_from_logits(logits, targets, per_token=per_token, row_denom=row_denom)
+    weight, bias = head_weight(lm), head_bias(lm)
+    rows = None if per_token else head_grad_rows(lm, weight)
+    return lm_loss_from_hidden(hidden, weight, targets, per_token=per_token, grad_rows=rows, row_denom=row_denom,
+                               bias=bias)
+
+
+def _head_owner(lm: nn.Module) -> nn.Module:
+    """The module holding the LM head matrix: the input embedding under tied embeddings, else the head."""
+    inner = unwrap(lm)
+    tied = getattr(inner.config, "tie_word_embeddings", False)
+    return inner.get_input_embeddings() if tied else inner.get_output_embeddings()
 
 
 def head_weight(lm: nn.Module) -> torch.Tensor:
-    """The LM head matrix (V, C) as the model uses it. With tied embeddings it is read from the input
-    embedding module, so under PEFT's trainable tokens it includes the trained rows of the new tokens.
+    """The LM head matrix (V, C) as the model uses it, from ``_head_owner``: under PEFT's trainable tokens it
+    includes the trained rows of the new tokens.
 
     Call it only inside the wrapped model's forward. Under FSDP2 the module holding the matrix may be
     an FSDP unit of its own (Accelerate makes the input embedding one) that resharded after its own
     forward: it is gathered again here, and its gradient still reaches the one reduce-scatter of that
     unit in backward. Under ZeRO-3, ``register_head_for_zero3`` makes DeepSpeed gather it."""
-    _, head = body_and_head(lm)
-    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    owner = inner.get_input_embeddings() if getattr(inner.config, "tie_word_embeddings", False) else head
+    owner = _head_owner(lm)
     _unshard(owner)
     return owner.weight
+
+
+def head_bias(lm: nn.Module) -> torch.Tensor | None:
+    """The LM head's bias (V,) (GPT-J), or None."""
+    _, head = body_and_head(lm)
+    return getattr(families.plain_head(head), "bias", None)
+
+
+def head_grad_rows(lm: nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
+    """The rows of the LM head matrix that can receive a gradient, when only some can: under PEFT's
+    trainable tokens with a frozen base matrix, the head is ``index_copy(frozen, new_ids, deltas)``, so
+    only the new tokens' rows lead to a parameter. None: every row (full fine-tuning) or none (frozen)."""
+    adapter = getattr(_head_owner(lm), "token_adapter", None)
+    if adapter is None or not weight.requires_grad or adapter.get_base_layer().weight.requires_grad:
+        return None
+    rows = sorted({i for name in adapter.active_adapters for i in adapter.token_indices.get(name, [])})
+    return torch.tensor(rows, dtype=torch.long, device=weight.device) if rows else None
 
 
 def without_tied_copies(lm: nn.Module, state_dict: dict) -> dict:
     """A consolidated state dict without the keys of weights tied to another (``lm_head.weight``): sharding
     engines gather them as separate tensors, and a stale copy must not be saved beside the real one."""
-    tied = getattr(lm, "_tied_weights_keys", None) or {}
-    if not getattr(lm.config, "tie_word_embeddings", False):
-        return state_dict
+    tied = families.tied_keys(lm)
     return {k: v for k, v in state_dict.items() if k not in tied}
 
 

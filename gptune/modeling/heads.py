@@ -3,8 +3,9 @@ task logits and the loss parts.
 
 The loss is computed inside ``forward`` because Accelerate/DDP wrap this module: the distributed
 wrapper must see the forward that produces the loss (its gradient hooks are set up there).
-The auxiliary LM loss goes through ``body_and_head`` + ``losses.causal_lm_loss`` (chunked over the
-vocabulary) so the (tokens x vocabulary) logits are never built.
+The auxiliary LM loss goes through the body's hidden states and the chunked kernel of ``losses`` (over the
+vocabulary) so the (tokens x vocabulary) logits are never built (for a family whose logits are more than
+``head(hidden)``: from the model's own logits, ``families.chunked_head``).
 
 Pooling (Radford et al. 2018, 3.3): the hidden state at the extract token ``<|extract|>``;
 similarity sums the two orderings' states before the head; multiple choice scores each candidate
@@ -16,8 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gptune.losses import causal_lm_loss, combined_loss, task_loss
-from gptune.modeling.gpt import block_class_names, body_and_head, head_weight, use_fused_gelu
+from gptune.losses import combined_loss, lm_targets, task_loss
+from gptune.modeling import families
+from gptune.modeling.families import block_class_names
+from gptune.modeling.gpt import lm_loss, run_lm, use_fused_gelu
 from gptune.tasks import TaskSpec
 from gptune.transforms import SPECIAL_TOKENS, SpecialIds
 
@@ -39,31 +42,28 @@ def add_task_tokens(tokenizer) -> SpecialIds:
 
 def init_new_rows(lm: nn.Module, n_old: int, mode: str = "mean") -> None:
     """New embedding rows (indices >= n_old). ``mean``: the mean of the old rows plus small seeded noise;
-    ``normal``: seeded N(0, 0.02), GPT-1's init (``task.new_token_init``). Deterministic, so rebuilding
-    the base model for a saved adapter gives the very same rows."""
-    emb = lm.get_input_embeddings().weight
-    if emb.shape[0] <= n_old:
-        return
+    ``normal``: seeded N(0, 0.02), GPT-1's init (``task.new_token_init``). An untied LM head (GPT-NeoX,
+    Llama) gets its new rows the same way (its bias: the mean of the old entries). Deterministic, so
+    rebuilding the base model for a saved adapter gives the very same rows."""
+    inner = families.unwrap(lm)
+    matrices = [inner.get_input_embeddings()]
+    if not getattr(inner.config, "tie_word_embeddings", False):
+        matrices.append(inner.get_output_embeddings())
+    g = torch.Generator().manual_seed(NEW_ROWS_SEED)
     with torch.no_grad():
-        g = torch.Generator().manual_seed(NEW_ROWS_SEED)
-        noise = torch.randn(emb.shape[0] - n_old, emb.shape[1], generator=g)  # (new, C)
-        if mode == "normal":
-            emb[n_old:] = (noise * 0.02).to(emb.dtype)
-            return
-        old = emb[:n_old].float()
-        emb[n_old:] = (old.mean(0, keepdim=True) + noise * old.std() * 0.1).to(emb.dtype)
-
-
-def head_grad_rows(lm: nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
-    """The rows of the tied LM head matrix that can receive a gradient, when only some can: under PEFT's
-    trainable tokens with a frozen base matrix, the head is ``index_copy(frozen, new_ids, deltas)``, so
-    only the new tokens' rows lead to a parameter. None: every row (full fine-tuning) or none (frozen)."""
-    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    adapter = getattr(inner.get_input_embeddings(), "token_adapter", None)
-    if adapter is None or not weight.requires_grad or adapter.get_base_layer().weight.requires_grad:
-        return None
-    rows = sorted({i for name in adapter.active_adapters for i in adapter.token_indices.get(name, [])})
-    return torch.tensor(rows, dtype=torch.long, device=weight.device) if rows else None
+        for module in matrices:
+            emb = module.weight
+            if emb.shape[0] <= n_old:
+                continue
+            noise = torch.randn(emb.shape[0] - n_old, emb.shape[1], generator=g)  # (new, C)
+            if mode == "normal":
+                emb[n_old:] = (noise * 0.02).to(emb.dtype)
+            else:
+                old = emb[:n_old].float()
+                emb[n_old:] = (old.mean(0, keepdim=True) + noise * old.std() * 0.1).to(emb.dtype)
+            bias = getattr(module, "bias", None)
+            if bias is not None:
+                bias[n_old:] = bias[:n_old].mean()
 
 
 class GPT1TaskModel(nn.Module):
@@ -77,6 +77,7 @@ class GPT1TaskModel(nn.Module):
         self.lm = lm
         use_fused_gelu(lm)
         self._no_split_modules = block_class_names(lm)  # FSDP's wrap policy reads it off the wrapped model
+        self.chunked = families.chunked_head(lm)
         self.kind = task.kind
         self.regression = task.is_regression
         self.lm_coef = lm_coef
@@ -101,8 +102,8 @@ class GPT1TaskModel(nn.Module):
         b, n, t = input_ids.shape  # (B, sequences per example, T)
         flat_ids = input_ids.view(b * n, t)
         flat_mask = attention_mask.view(b * n, t)
-        body, _ = body_and_head(self.lm)
-        hidden = body(input_ids=flat_ids, attention_mask=flat_mask).last_hidden_state  # (B*n, T, C)
+        # (B*n, T, C), and the logits (B*n, T, V) only where the family needs them for its LM loss
+        hidden, lm_logits = run_lm(self.lm, flat_ids, flat_mask, chunked=self.chunked or self.lm_coef == 0)
         rows = torch.arange(b * n, device=hidden.device)
         pooled = hidden[rows, extract_pos.view(-1)].view(b, n, -1)  # (B, n, C): state at the extract token
         if self.kind == "similarity":
@@ -117,9 +118,8 @@ class GPT1TaskModel(nn.Module):
         out["task_loss"] = l_task.detach()
         l_lm = None
         if self.lm_coef > 0:
-            weight = head_weight(self.lm)
-            l_lm, _ = causal_lm_loss(hidden, weight, flat_ids, flat_mask, grad_rows=head_grad_rows(self.lm, weight),
-                                     mean=self.lm_loss_mean)
+            targets, row_denom = lm_targets(flat_ids, flat_mask, mean=self.lm_loss_mean)
+            l_lm, _ = lm_loss(self.lm, hidden, lm_logits, targets, row_denom=row_denom)
             out["lm_loss"] = l_lm.detach()
         out["loss"] = combined_loss(l_task, l_lm, self.lm_coef)
         return out

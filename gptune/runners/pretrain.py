@@ -123,9 +123,9 @@ def save_final(accelerator, model, tokenizer, run: Run, metrics: dict) -> Path:
 
 
 def check_context(recipe: Recipe) -> None:
-    """``data.block_size`` against a pretrained model's context, before the run folder exists (a random init's
-    context is ``model.config.n_positions``, which ``Recipe`` checks itself)."""
-    spec = recipe.model.name_or_path
+    """``data.block_size`` against a pretrained model's (or ``model.config_file``'s) context, before the run
+    folder exists (a random init's context is ``model.config.n_positions``, which ``Recipe`` checks itself)."""
+    spec = recipe.model.name_or_path or recipe.model.config_file
     if spec is None:
         return
     from transformers import AutoConfig
