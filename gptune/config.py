@@ -386,10 +386,6 @@ class Recipe:
 
     def _checks(self):
         """What spans sections (each message names the key to change)."""
-        m, d = self.model, self.data
-        if m.name_or_path is None and d.block_size > m.config.n_positions > 0:
-            yield (f"data.block_size={d.block_size} is larger than the model's context "
-                   f"(model.config.n_positions={m.config.n_positions}); lower it or raise model.config.n_positions")
         if self.lora.merge and not self.lora.enabled:
             yield ("lora.merge: folds LoRA adapters into the model, and lora.enabled is false (a full fine-tune's "
                    "final/ is already a full model); drop --merge or pass --lora")
