@@ -14,13 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_name  # noqa: E402
+from common import cpu_name  # the script's own folder is on sys.path; gptune is the installed package
 
 SHAPES = {  # n_layer, n_embd, n_head, batch, seq, vocab
     "tiny": (2, 32, 4, 8, 64, 320),
