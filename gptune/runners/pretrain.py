@@ -186,7 +186,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     set_seed(recipe.seed)
     fetch_corpus(recipe, accelerator)
     with accelerator.main_process_first():  # the main process trains/saves the tokenizer, the others reuse it
-        tokenizer = load_pretrain_tokenizer(recipe, run.dir)
+        tokenizer = load_pretrain_tokenizer(recipe.model, recipe.data, run.dir, seed=recipe.seed)
     model = build_model(recipe, tokenizer)
     data = load_lm_data(recipe, tokenizer, accelerator)
     describe(model, data, recipe.data.block_size)
