@@ -11,7 +11,7 @@ from gptune.console import say
 
 def run_prepare(recipe: Recipe):
     """Prepare (or find prepared) the shards of ``recipe.data``; returns the ``LMData``."""
-    from gptune.data.prepare import load_pretrain_tokenizer, prepare_lm_data
+    from gptune.data.prepare import load_pretrain_tokenizer, prepare_lm_data, report_clean
 
     if recipe.data.download_books and not Path(recipe.data.path).exists():
         from gptune.data.books import ensure_books
@@ -20,5 +20,6 @@ def run_prepare(recipe: Recipe):
         ensure_books(Path(recipe.data.path))
     tokenizer = load_pretrain_tokenizer(recipe, recipe.run_dir)
     data = prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed)
+    report_clean(data, recipe.run_dir)
     say(data.stats.summary(data.folder))
     return data
