@@ -263,19 +263,21 @@ def _cell(s: dict | None, digits: int) -> str:
     return fmt(s["median"], digits)
 
 
+def markdown_table(head: list[str], body: list[list]) -> str:
+    """A Markdown table, columns padded to their widest cell."""
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(b) for b in body])
+
+
 def print_table(rows: list[dict], title: str = "") -> None:
     head = ["workload", "metric", "gptune median (min-max)", "peer", "peer median (min-max)", "ratio", "target"]
     body = [[r["workload"], r["metric"], _cell(r["gptune"], r["digits"]), r["peer_name"],
              _cell(r["peer"], r["digits"]), fmt(r["ratio"], 2) + "x" if r["ratio"] == r["ratio"] else "-",
              r["target"]] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"  # noqa: E731
     if title:
         print(f"\n{title}")
-    print(line(head))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for b in body:
-        print(line(b))
+    print(markdown_table(head, body))
     for r in rows:
         if r["note"]:
             print(f"  - {r['workload']} / {r['metric']}: {r['note']}")

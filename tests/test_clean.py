@@ -12,7 +12,7 @@ import pytest
 import gptune.data.prepare as prepare_mod
 from conftest import make_text
 from gptune.config import LANGUAGES, CleanConfig, DataConfig
-from gptune.data import clean
+from gptune.data import clean, quality
 from gptune.data.dedup import DedupIndex
 from gptune.data.prepare import prepare_lm_data
 from gptune.errors import GptuneError
@@ -129,12 +129,12 @@ QUALITY_CASES = [
 @pytest.mark.parametrize("key,limit,passing,failing", QUALITY_CASES, ids=[c[0] for c in QUALITY_CASES])
 def test_each_quality_rule_just_either_side_of_its_threshold(key, limit, passing, failing):
     cfg = CleanConfig(**{key: limit})
-    measure = {k: m for k, m, _ in clean.QUALITY_RULES}[key]
-    near = [measure(clean.Doc.of(passing)), measure(clean.Doc.of(failing))]
+    measure = {k: m for k, m, _ in quality.QUALITY_RULES}[key]
+    near = [measure(quality.Doc.of(passing)), measure(quality.Doc.of(failing))]
     step = 1 if isinstance(limit, int) else 0.12 * max(1, limit)  # a count moves by one
     assert all(abs(v - limit) <= step for v in near), near  # both sit close to the threshold
-    assert clean.quality_failure(passing, cfg) is None
-    failed = clean.quality_failure(failing, cfg)
+    assert quality.quality_failure(passing, cfg) is None
+    failed = quality.quality_failure(failing, cfg)
     assert failed is not None and failed[0] == key
 
 
@@ -145,13 +145,13 @@ def test_length_limits_are_inclusive(tok):
 
 
 def test_measures_on_a_hand_counted_document():
-    d = clean.Doc.of("The cat... sat.\nThe cat... sat.\n# 12 on a mat\n")
+    d = quality.Doc.of("The cat... sat.\nThe cat... sat.\n# 12 on a mat\n")
     assert d.lines == ["The cat... sat.", "The cat... sat.", "# 12 on a mat"]
-    assert clean.repeated_line_fraction(d.lines) == pytest.approx(1 / 3)
-    assert clean.punctuation_line_fraction(d.lines) == pytest.approx(2 / 3)
-    assert clean.symbol_ratio(d.text, d.words) == pytest.approx(3 / 11)  # 2 ellipses + 1 '#' over 11 words
-    assert clean.alpha_word_fraction(d.words) == pytest.approx(9 / 11)  # '#' and '12' have no letter
-    assert clean.stop_word_count(d.words) == 2
+    assert quality.repeated_line_fraction(d.lines) == pytest.approx(1 / 3)
+    assert quality.punctuation_line_fraction(d.lines) == pytest.approx(2 / 3)
+    assert quality.symbol_ratio(d.text, d.words) == pytest.approx(3 / 11)  # 2 ellipses + 1 '#' over 11 words
+    assert quality.alpha_word_fraction(d.words) == pytest.approx(9 / 11)  # '#' and '12' have no letter
+    assert quality.stop_word_count(d.words) == 2
 
 
 # ----------------------------------------------------------------------------- language, HTML, Unicode
