@@ -63,6 +63,35 @@ def hwm_mb() -> float | None:
     return None
 
 
+def run_measured(cmd: list[str], name: str) -> dict:
+    """Run `cmd` (a child that prints one JSON line last) and sample the memory of its process tree every
+    0.2 s: its JSON plus ``peak_tree_mb`` (PSS: pages shared by forked workers counted once),
+    ``peak_tree_rss_mb`` (the plain RSS sum) and the mean load average meanwhile."""
+    import subprocess
+
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPTUNE_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    root = psutil.Process(proc.pid)
+    peak, peak_rss, loads = 0, 0, []
+    while proc.poll() is None:
+        try:
+            tree = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_full_info().pss for p in tree))
+            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree))
+        except psutil.Error:
+            pass
+        loads.append(os.getloadavg()[0])
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"{name} failed:\n{err[-3000:]}")
+    res = json.loads(out.strip().splitlines()[-1])
+    res.update(peak_tree_mb=peak / 2**20, peak_tree_rss_mb=peak_rss / 2**20, load_avg=sum(loads) / max(len(loads), 1))
+    return res
+
+
 # ----------------------------------------------------------------------------- pacing
 
 

@@ -110,7 +110,9 @@ def detect_language(text: str) -> str:
 
 
 def fix_unicode(text: str) -> str:
-    """Mojibake and broken Unicode repaired by ftfy."""
+    """Mojibake and broken Unicode repaired by ftfy (an all-ASCII text has neither: left as it is, unread)."""
+    if text.isascii():
+        return text
     import ftfy
 
     return ftfy.fix_text(text)
