@@ -1,7 +1,8 @@
 """Language-ID libraries whose model ships in the wheel, side by side: accuracy and speed (data.clean.languages).
 
 English: the WikiText-2 articles of ``$GPTUNE_DATA/wikitext-2`` (test + valid; each ``= Title =`` starts one),
-whole and cut to their first 200 characters (short texts are where detectors fail). Other languages: the
+as the filter samples them (``gptune.data.clean.language_sample``: 2 KB, head and middle) and cut to their
+first 200 characters (short texts are where detectors fail). Other languages: the
 short paragraphs below, written for this benchmark (8 languages, 3 each), whole. Every detector sees the
 same texts in one process, in turns (A B C, C B A, ...), so a busy patch of the shared machine hits all.
 A contender that is not installed is skipped with a line saying so.
@@ -19,8 +20,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
 from common import data_root, markdown_table  # noqa: E402
+
+from gptune.data.clean import LANGUAGE_SAMPLE_CHARS, language_sample  # noqa: E402
 
 OTHER = {
     "fr": ["La petite ville portuaire vivait surtout de la pêche et du commerce du sel, et chaque dimanche les "
@@ -57,7 +61,6 @@ OTHER = {
            "Tego ranka było tak zimno, że rzeka zamarzła od brzegu do brzegu."],
 }
 SHORT_CHARS = 200
-SAMPLE_CHARS = 8192  # what gptune's filter gives the detector (gptune.data.clean.LANGUAGE_SAMPLE_CHARS)
 
 
 def wiki_articles(root: Path) -> list[str]:
@@ -116,9 +119,10 @@ def main() -> None:
     ap.add_argument("--data", help="folder with wikitext-2/ (default: $GPTUNE_DATA)")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    wiki = [a[:SAMPLE_CHARS] for a in wiki_articles(data_root(args.data))]
+    articles = wiki_articles(data_root(args.data))
+    wiki = [language_sample(a) for a in articles]  # what data.clean.languages gives the detector
     sets = {"wiki (en)": [(a, "en") for a in wiki],
-            f"wiki first {SHORT_CHARS} chars (en)": [(a[:SHORT_CHARS], "en") for a in wiki],
+            f"wiki first {SHORT_CHARS} chars (en)": [(a[:SHORT_CHARS], "en") for a in articles],
             "8 other languages": [(t, lang) for lang, ts in OTHER.items() for t in ts]}
     dets = detectors()
     names = list(dets)
@@ -145,7 +149,8 @@ def main() -> None:
         rows.append([n] + [f"{right[n][s]}/{len(sets[s])}" for s in sets]
                     + [f"{len(wiki) / best:,.0f}", f"{mb / best:.2f}"])
     print(markdown_table(["detector"] + list(sets) + ["docs/s (wiki)", "MB/s (wiki)"], rows))
-    print(f"wiki: {len(wiki)} articles, {mb:.2f} MB (each cut to {SAMPLE_CHARS} chars); best of {args.rounds} rounds")
+    print(f"wiki: {len(wiki)} articles, {mb:.2f} MB (the filter's sample of each: up to {LANGUAGE_SAMPLE_CHARS} "
+          f"characters, head and middle); best of {args.rounds} rounds")
     for n in names:
         if wrong[n]:
             print(f"{n} wrong (expected->detected) on the short and other-language texts: {' '.join(wrong[n])}")

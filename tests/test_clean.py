@@ -301,16 +301,19 @@ def test_the_cache_key_covers_the_cleaning_settings(tok, tmp_path):
 # ----------------------------------------------------------------------------- the command and bad input
 
 
-def test_prepare_command_writes_the_report_in_the_run_folder(tmp_path, monkeypatch, capsys, tiny_tokenizer_dir):
+@pytest.mark.parametrize("command", ["prepare", "pretrain"])
+def test_the_command_prints_the_report_and_writes_it_in_the_run_folder(command, tmp_path, monkeypatch, capsys,
+                                                                       tiny_tokenizer_dir):
     from conftest import make_workdir, run_cli
 
     make_workdir(tmp_path, monkeypatch, {"a.txt": 300, "b.txt": 200})
     (tmp_path / "books" / "c.txt").write_text((tmp_path / "books" / "a.txt").read_text())
     (tmp_path / "r.yaml").write_text(
-        f"name: tiny\nmodel: {{tokenizer: {tiny_tokenizer_dir}}}\n"
+        f"name: tiny\nmodel: {{tokenizer: {tiny_tokenizer_dir}, config: {{n_layer: 2, n_head: 2, n_embd: 32, "
+        "n_positions: 16}}\n"
         "data: {path: books, block_size: 16, val_fraction: 0.1, num_proc: 1, clean: {dedup: exact}}\n"
-        "train: {max_steps: 1}\n")
-    assert run_cli("prepare", "r.yaml") == 0
+        "train: {max_steps: 1, micro_batch_size: 2, global_batch_size: 2, eval_every: 0, save_every: 0}\n")
+    assert run_cli(command, "r.yaml") == 0
     out = capsys.readouterr().out
     assert "dropped: dedup" in out and "2 kept by data.clean" in out
     rep = json.loads((tmp_path / "runs" / "tiny" / "clean_report.json").read_text())

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import re
+import shutil
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,7 @@ from gptune.errors import GptuneError
 
 PIP_HINT = "pip install 'gptune[clean]'"
 LANGUAGE_SAMPLE_CHARS = 2048  # the detector reads at most this much of a document: its head and middle
+CLEAN_REPORT = "clean_report.json"  # in the prepared folder (and copied to the run folder by gptune prepare)
 EXAMPLES = 3  # examples kept per rule in the report
 EXAMPLE_CHARS = 160
 
@@ -329,3 +333,26 @@ class CleanReport:
         out = [("in", self.documents_in, self.bytes_in)]
         out += [(f"dropped: {rule}", e["documents"], e["bytes"]) for rule, e in self.dropped.items()]
         return out + [("kept", self.kept, self.bytes_kept)]
+
+
+def report_clean(folder: Path, run_dir: Path) -> dict | None:
+    """Print the cleaning report of the preparation in `folder` as a table and copy its ``clean_report.json``
+    into `run_dir` (None when ``data.clean`` was off)."""
+    from gptune.console import console, is_main_process
+
+    src = folder / CLEAN_REPORT
+    if not src.is_file():
+        return None
+    report = json.loads(src.read_text())
+    if is_main_process():
+        from rich.table import Table
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, run_dir / CLEAN_REPORT)
+        table = Table(title=f"data.clean -> {run_dir / CLEAN_REPORT}", title_justify="left")
+        for col in ("", "documents", "MB"):
+            table.add_column(col, justify="left" if not col else "right")
+        for what, n, nbytes in CleanReport.from_dict(report).rows():
+            table.add_row(what, f"{n:,}", f"{nbytes / 1e6:,.2f}")
+        console.print(table)
+    return report

@@ -36,7 +36,7 @@ from gptune.config import DataConfig, Recipe
 from gptune.console import make_byte_progress, say
 from gptune.data.books import corpus_path
 from gptune.data.cache import entry_dir, entry_key
-from gptune.data.clean import CleanReport, Verdict, clean_stream, require_libraries
+from gptune.data.clean import CLEAN_REPORT, CleanReport, Verdict, clean_stream, require_libraries
 from gptune.data.dedup import DedupIndex
 from gptune.data.encode import encode_texts, tail_cut
 from gptune.data.shards import StreamWriter, TokenBlocks, TokenStream, token_dtype
@@ -49,7 +49,6 @@ FORMAT_VERSION = 2  # bump when the shard format or the packing rule changes
 SHARD_TOKENS = 1 << 24  # tokens per shard file (32 MB as uint16), rounded down to whole blocks
 _CHECKPOINT_SECONDS = 2.0  # state.json at most this often (and whenever a shard fills)
 _POLL_SECONDS = 0.5
-CLEAN_REPORT = "clean_report.json"  # in the prepared folder (and copied to the run folder by gptune prepare)
 DEDUP_FILE = "dedup.sig"
 HOLD_ENV = "GPTUNE_TEST_PREPARE_HOLD"
 """Test hook: the main process waits for this many other processes to be polling before it prepares."""
@@ -192,30 +191,6 @@ def load_prepared(folder: Path) -> LMData:
     stats = PackStats(**meta["stats"])
     stats.cached, stats.seconds = True, 0.0
     return LMData(train=train, val=val, stats=stats, folder=folder, val_split=split)
-
-
-def report_clean(data: LMData, run_dir: Path) -> dict | None:
-    """Print the cleaning report of a preparation as a table and copy its ``clean_report.json`` into `run_dir`
-    (None when ``data.clean`` was off)."""
-    from gptune.console import console, is_main_process
-    from gptune.data.clean import CleanReport
-
-    src = data.folder / CLEAN_REPORT
-    if not src.is_file():
-        return None
-    report = json.loads(src.read_text())
-    if is_main_process():
-        from rich.table import Table
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, run_dir / CLEAN_REPORT)
-        table = Table(title=f"data.clean -> {run_dir / CLEAN_REPORT}", title_justify="left")
-        for col in ("", "documents", "MB"):
-            table.add_column(col, justify="left" if not col else "right")
-        for what, n, nbytes in CleanReport.from_dict(report).rows():
-            table.add_row(what, f"{n:,}", f"{nbytes / 1e6:,.2f}")
-        console.print(table)
-    return report
 
 
 def validation_text(data: LMData, tokenizer: Any) -> str:
@@ -370,10 +345,8 @@ def _items(docs: Iterator[tuple[tuple[int, bool, int, Verdict | None], str]], sp
             yield _Part(i, "train", True, chars, verdict), text
 
 
-def _build(partial: Path, train_src: Source, val_src: Source | None, tokenizer: Any, data: DataConfig, *,
-           seed: int, split: str, shard_tokens: int, progress: bool) -> dict:
-    dtype = token_dtype(len(tokenizer))
-    state_file = partial / "state.json"
+def _resume_state(partial: Path, state_file: Path) -> dict:
+    """The state an interrupted preparation in `partial` recorded; else a fresh one (and an empty folder)."""
     fresh = {"documents": 0, "chars": 0, "streams": {}, "clean": CleanReport().to_dict(), "dedup_kept": 0}
     state = fresh
     if state_file.is_file():
@@ -383,12 +356,20 @@ def _build(partial: Path, train_src: Source, val_src: Source | None, tokenizer: 
     elif partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
+    return state
+
+
+def _build(partial: Path, train_src: Source, val_src: Source | None, tokenizer: Any, data: DataConfig, *,
+           seed: int, split: str, shard_tokens: int, progress: bool) -> dict:
+    dtype = token_dtype(len(tokenizer))
+    state_file = partial / "state.json"
+    state = _resume_state(partial, state_file)
     names = ["train"] + (["val"] if split in ("tail", "documents", "path") else [])
     writers = {n: StreamWriter(partial, n, dtype, shard_tokens, **state["streams"].get(n, {})) for n in names}
     eos = np.asarray([tokenizer.eos_token_id], dtype=dtype)
     c = data.clean
     index = None
-    if c.dedup != "none":
+    if c.dedup != "none":  # records past the resumed state are cut off
         index = DedupIndex(partial / DEDUP_FILE, c.dedup, num_perm=c.num_perm, threshold=c.near_threshold,
                            kept=state["dedup_kept"])
     report = CleanReport.from_dict(state["clean"])

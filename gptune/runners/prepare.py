@@ -12,7 +12,8 @@ from gptune.console import say
 def run_prepare(recipe: Recipe):
     """Prepare (or find prepared) the shards of ``recipe.data``; returns the ``LMData``."""
     from gptune.data.books import choose_corpus, fetch_corpus
-    from gptune.data.prepare import load_pretrain_tokenizer, prepare_lm_data, report_clean
+    from gptune.data.clean import report_clean
+    from gptune.data.prepare import load_pretrain_tokenizer, prepare_lm_data
 
     data_cfg, corpus = choose_corpus(recipe.data)
     if corpus != recipe.data.path:  # embedded, or downloading: say so before the work
@@ -21,6 +22,6 @@ def run_prepare(recipe: Recipe):
     fetch_corpus(recipe.data)
     tokenizer = load_pretrain_tokenizer(recipe, recipe.run_dir)
     data = prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed)
-    report_clean(data, recipe.run_dir)
+    report_clean(data.folder, recipe.run_dir)
     say(data.stats.summary(data.folder))
     return data
