@@ -109,7 +109,7 @@ def as_page(text: str, i: int) -> str:
 
 def plant(docs: list[str], rng: random.Random) -> tuple[list[str], dict[str, list[int]]]:
     """5% of `docs` turned into HTML pages, then 10% duplicates inserted after their originals; the new
-    positions of each kind (``html``, ``exact``, ``near``)."""
+    positions of each kind (``html``, ``exact``, ``near``; ``near_of``: the original of each near copy)."""
     docs = list(docs)
     pages = set(rng.sample(range(len(docs)), round(HTML_FRACTION * len(docs))))
     for i in pages:
@@ -117,13 +117,15 @@ def plant(docs: list[str], rng: random.Random) -> tuple[list[str], dict[str, lis
     dups: dict[int, str] = {}
     for k, i in enumerate(rng.sample(range(len(docs)), round(DUP_FRACTION * len(docs)))):
         dups[i] = "exact" if k % 2 == 0 else "near"
-    out, where = [], {"html": [], "exact": [], "near": []}
+    out, where = [], {"html": [], "exact": [], "near": [], "near_of": []}
     for i, d in enumerate(docs):
         if i in pages:
             where["html"].append(len(out))
         out.append(d)
         if i in dups:
             where[dups[i]].append(len(out))
+            if dups[i] == "near":
+                where["near_of"].append(len(out) - 1)
             out.append(exact_copy(d) if dups[i] == "exact" else near_copy(d, rng))
     return out, where
 
@@ -177,21 +179,30 @@ def child_recall(corpus: Path, cache: Path) -> dict:
     """Every document's verdict (the same rules, one process): what became of the planted duplicates and
     pages, and how many other documents the dedup rule dropped (false positives)."""
     from gptune.config import CleanConfig
-    from gptune.data.clean import clean_stream
+    from gptune.data.clean import clean_stream, shingle_hashes
     from gptune.data.dedup import DedupIndex
     from gptune.data.sources import open_source
 
     cfg = CleanConfig(**CLEAN)
-    where = {k: set(v) for k, v in json.loads((corpus.parent / "planted.json").read_text()).items()}
+    planted = json.loads((corpus.parent / "planted.json").read_text())
+    near_of = dict(zip(planted.pop("near"), planted.pop("near_of"), strict=True))
+    texts = list(open_source(str(corpus), "data.path").documents())
+    # the true Jaccard similarity of each near copy's word 5-gram set with its original's (the sets MinHash sees)
+    jac = {}
+    for i, o in near_of.items():
+        a, b = (set(shingle_hashes(t, cfg.ngram).tolist()) for t in (texts[i], texts[o]))
+        jac[i] = len(a & b) / len(a | b)
+    where = {k: set(v) for k, v in planted.items()}
+    where["near, Jaccard >= 0.8"] = {i for i, j in jac.items() if j >= cfg.near_threshold}
+    where["near, Jaccard < 0.8"] = {i for i, j in jac.items() if j < cfg.near_threshold}
     index = DedupIndex(cache / "dedup.sig", "near", num_perm=cfg.num_perm, threshold=cfg.near_threshold)
     fate: dict[str, dict[str, int]] = {k: {} for k in (*where, "other")}
-    docs = enumerate(open_source(str(corpus), "data.path").documents())
-    for i, _, v in clean_stream(docs, cfg, num_proc=WORKERS, index=index):
+    for i, _, v in clean_stream(enumerate(texts), cfg, num_proc=WORKERS, index=index):
         kind = next((k for k, s in where.items() if i in s), "other")
         what = v.rule or ("kept, " + "+".join(v.changed) if v.changed else "kept")
         fate[kind][what] = fate[kind].get(what, 0) + 1
     index.close()
-    return {"fate": fate}
+    return {"fate": fate, "near_jaccard": sorted(round(j, 3) for j in jac.values())}
 
 
 def index_memory(n: int) -> dict:
@@ -267,10 +278,12 @@ def main(argv=None) -> None:
                 cache.mkdir(parents=True, exist_ok=True)
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "recall", "--corpus",
                        str(corpus / "corpus.jsonl"), "--cache", str(cache)] + (["--data", a.data] if a.data else [])
-                fate = run_measured(cmd, "recall")["fate"]
+                res = run_measured(cmd, "recall")
                 shutil.rmtree(cache, ignore_errors=True)
                 print(markdown_table(["planted", "what became of them"],
-                                     [[k, ", ".join(f"{w}: {n:,}" for w, n in sorted(v.items()))] for k, v in fate.items()]))
+                                     [[k, ", ".join(f"{w}: {n:,}" for w, n in sorted(v.items()))]
+                                      for k, v in res["fate"].items()]))
+                print(f"near copies' true Jaccard with their original: {res['near_jaccard']}")
             for mode in ("off", "on"):
                 g = got[mode]
                 rows.append([f"{size / 1e6:.1f}", f"{ndocs:,}", mode, f"{g['seconds']:.1f}",

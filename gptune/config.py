@@ -102,7 +102,8 @@ class CleanConfig:
     by default; the first rule a document fails drops it, and ``clean_report.json`` counts each rule."""
 
     fix_unicode: bool = False
-    """Repair mojibake and broken Unicode with ftfy (e.g. ``Ã©`` back to ``é``) before any other rule."""
+    """Repair mojibake and broken Unicode with ftfy (e.g. ``Ã©`` back to ``é``) before any other rule; curly
+    quotes, full-width characters and ligatures are left as they are."""
     strip_html: bool = False
     """Documents that are HTML pages (they start with a tag such as ``<!doctype html>``, ``<html>``,
     ``<div>``) become their main text, boilerplate (navigation, footers, scripts) removed, by resiliparse's
