@@ -1,6 +1,6 @@
 """`gptune prepare` with ``data.clean`` on vs off, side by side: the cleaning report, MB/s, peak memory.
 
-The corpus (one JSONL file, written under ``--work``, never the repository): the WikiText-2 articles of
+The corpus (JSONL files of 8 MB, written under ``--work``, never the repository): the WikiText-2 articles of
 ``$GPTUNE_DATA/wikitext-2`` (test + valid: the train split is not in the shared data) and the shared books
 (``books/gutenberg``, ``books/tinyshakespeare``; Latin-1 ones decoded as such) cut into documents of
 ``CHUNK_PARAS`` paragraphs, then **planted**: 10% duplicates (half exact copies with their case and spacing
@@ -39,6 +39,7 @@ from common import data_root, markdown_table, run_measured  # noqa: E402
 BLOCK = 256
 WORKERS = 2
 CHUNK_PARAS = 40
+SHARD_BYTES = 8 << 20
 DUP_FRACTION, HTML_FRACTION = 0.10, 0.05
 CLEAN = {  # the Gopher thresholds (Rae et al. 2021, appendix A); line punctuation off: the books are hard-wrapped
     "strip_html": True, "fix_unicode": True, "min_chars": 200, "languages": ["en"], "dedup": "near",
@@ -131,8 +132,8 @@ def plant(docs: list[str], rng: random.Random) -> tuple[list[str], dict[str, lis
 
 
 def make_corpus(root: Path, out: Path, mb: int, seed: int = 0) -> tuple[int, int]:
-    """The JSONL corpus for `mb` MB (0: the base corpus alone); (bytes of text, documents). Reused if present."""
-    path = out / "corpus.jsonl"
+    """The JSONL corpus for `mb` MB (0: the base corpus alone) in `out`/corpus/, files of about SHARD_BYTES;
+    (bytes of text, documents). Reused if present."""
     done = out / ".complete"
     if done.exists():
         return tuple(json.loads(done.read_text()))
@@ -145,9 +146,16 @@ def make_corpus(root: Path, out: Path, mb: int, seed: int = 0) -> tuple[int, int
         pool = [p for d in docs for p in paragraphs_of(d)]
         docs += mixed_documents(pool, mb * 1_000_000 - base_bytes, rng)
     docs, where = plant(docs, rng)
-    with path.open("w", encoding="utf-8") as fh:
-        for d in docs:
-            fh.write(json.dumps({"text": d}) + "\n")
+    (out / "corpus").mkdir()
+    shard, size = 0, SHARD_BYTES
+    for d in docs:
+        if size >= SHARD_BYTES:  # a .jsonl file is read whole (gptune.data.sources): crawls come in shards
+            fh = (out / "corpus" / f"part-{shard:05d}.jsonl").open("w", encoding="utf-8")
+            shard, size = shard + 1, 0
+        line = json.dumps({"text": d}) + "\n"
+        fh.write(line)
+        size += len(line)
+    fh.close()
     (out / "planted.json").write_text(json.dumps(where))
     res = (sum(len(d.encode()) for d in docs), len(docs))
     done.write_text(json.dumps(res))
@@ -267,7 +275,7 @@ def main(argv=None) -> None:
                 cache = base / f"cache-{mode}-{mb}"
                 shutil.rmtree(cache, ignore_errors=True)
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--corpus",
-                       str(corpus / "corpus.jsonl"), "--cache", str(cache)] + (["--data", a.data] if a.data else [])
+                       str(corpus / "corpus"), "--cache", str(cache)] + (["--data", a.data] if a.data else [])
                 got[mode] = run_measured(cmd, f"clean {mode}, {mb} MB")
                 shutil.rmtree(cache, ignore_errors=True)
                 print(f"{size / 1e6:.1f} MB, clean {mode}: {got[mode]['seconds']:.1f} s, "
@@ -277,7 +285,7 @@ def main(argv=None) -> None:
                 cache = base / "cache-recall"
                 cache.mkdir(parents=True, exist_ok=True)
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "recall", "--corpus",
-                       str(corpus / "corpus.jsonl"), "--cache", str(cache)] + (["--data", a.data] if a.data else [])
+                       str(corpus / "corpus"), "--cache", str(cache)] + (["--data", a.data] if a.data else [])
                 res = run_measured(cmd, "recall")
                 shutil.rmtree(cache, ignore_errors=True)
                 print(markdown_table(["planted", "what became of them"],
