@@ -303,7 +303,7 @@ def test_the_cache_key_covers_the_cleaning_settings(tok, tmp_path):
 # ----------------------------------------------------------------------------- the command and bad input
 
 
-@pytest.mark.parametrize("command", ["prepare", "pretrain"])
+@pytest.mark.parametrize("command", ["prepare", pytest.param("pretrain", marks=pytest.mark.slow)])
 def test_the_command_prints_the_report_and_writes_it_in_the_run_folder(command, tmp_path, monkeypatch, capsys,
                                                                        tiny_tokenizer_dir):
     from conftest import make_workdir, run_cli
