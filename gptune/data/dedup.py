@@ -6,13 +6,14 @@ signatures, ``gptune.data.clean``), so the first of a set of duplicates is kept 
 * ``exact``: the signature is a 64-bit hash of the normalised text; a document whose hash was seen is a
   duplicate.
 * ``near``: the signature is a MinHash of ``num_perm`` values, cut into ``b`` bands of ``r`` rows (datasketch's
-  choice of ``b, r`` for the threshold: ``MinHashLSH(threshold, num_perm).b, .r``). A kept document that
+  choice of ``b, r`` for the threshold, weighted toward recall: ``LSH_WEIGHTS``). A kept document that
   shares a band with the new one is a candidate; the new one is a duplicate when a candidate's estimated
   Jaccard similarity (the fraction of equal MinHash values) is at least the threshold.
 
 Memory: one open-addressing table (``BandTable``: a uint64 key and a uint32 slot per band of each kept
-document, at most half full) holds ``b`` keys per kept document: 24-48 bytes per band, so about 0.2-0.45 GB
-per million kept documents for ``near`` at the default threshold 0.8 (b=9), 24-48 MB for ``exact``. The
+document, at most half full, doubled when it fills) holds ``b`` keys per kept document: 24-48 bytes per band,
+so 0.34-0.67 GB per million kept documents for ``near`` at the default threshold 0.8 (b=14), 24-48 MB for
+``exact`` (b=1); ``benchmarks/clean.py --index-docs`` measures it. The
 kept documents' records (document index + signature) are appended to ``dedup.sig`` in the preparation
 folder, on disk, not in memory; candidates are read back from it. An interrupted preparation cuts the file
 back to the state it resumes from and rebuilds the table from it; a published preparation does not keep it.
@@ -26,6 +27,11 @@ from pathlib import Path
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+LSH_WEIGHTS = (0.1, 0.9)
+"""datasketch's weights of false positives and false negatives when it picks the bands: a false positive (a
+candidate under the threshold) costs one read, since every candidate's similarity is checked; a false negative
+is a duplicate kept. At 0.8 and 128 permutations: 14 bands of 9 rows (the equal weights' 9 of 13 make a
+document at Jaccard 0.85 a candidate with probability 0.69; these, 0.97)."""
 _REBUILD_CHUNK = 1 << 16
 
 
@@ -92,7 +98,7 @@ class DedupIndex:
         if mode == "near":
             from datasketch import MinHashLSH
 
-            lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+            lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
             self.b, self.r, width = lsh.b, lsh.r, num_perm
         else:
             self.b, self.r, width = 1, 2, 2
