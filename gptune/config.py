@@ -103,7 +103,7 @@ class CleanConfig:
 
     fix_unicode: bool = False
     """Repair mojibake and broken Unicode with ftfy (e.g. ``Ã©`` back to ``é``) before any other rule; curly
-    quotes, full-width characters and ligatures are left as they are."""
+    quotes, full-width characters, ligatures and line ends are left as they are."""
     strip_html: bool = False
     """Documents that are HTML pages (they start with a tag such as ``<!doctype html>``, ``<html>``,
     ``<div>``) become their main text, boilerplate (navigation, footers, scripts) removed, by resiliparse's

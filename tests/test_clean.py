@@ -208,7 +208,7 @@ def test_html_pages_keep_their_article_and_lose_the_boilerplate(tok, tmp_path):
 def test_fix_unicode_repairs_mojibake_and_a_latin1_file_is_decoded_not_dropped(tok, tmp_path):
     fix = CleanConfig(fix_unicode=True)
     assert clean.clean_document("cafÃ© crÃ¨me", fix).text == "café crème"
-    assert clean.clean_document("‘Tis ﬁne: ＡＢＣ”", fix).text == "‘Tis ﬁne: ＡＢＣ”"  # repairs only
+    assert clean.clean_document("‘Tis ﬁne:\r\nＡＢＣ”", fix).text == "‘Tis ﬁne:\r\nＡＢＣ”"  # repairs only
     (tmp_path / "books").mkdir()
     (tmp_path / "books" / "a.txt").write_bytes("Caf\xe9 au lait, the end.\n".encode("latin-1"))
     with pytest.raises(GptuneError, match=r"a\.txt: not UTF-8 text.*data\.fallback_encoding"):

@@ -115,13 +115,14 @@ def detect_language(text: str) -> str:
 
 def fix_unicode(text: str) -> str:
     """Mojibake and broken Unicode repaired by ftfy (an all-ASCII text has neither: left as it is, unread).
-    Only repairs: curly quotes, full-width characters and ligatures, which ftfy changes by default, stay."""
+    Only repairs: curly quotes, full-width characters, ligatures and CRLF line ends, which ftfy changes by
+    default, stay."""
     if text.isascii():
         return text
     import ftfy
 
     return ftfy.fix_text(text, ftfy.TextFixerConfig(uncurl_quotes=False, fix_character_width=False,
-                                                    fix_latin_ligatures=False))
+                                                    fix_latin_ligatures=False, fix_line_breaks=False))
 
 
 # ----------------------------------------------------------------------------- dedup signatures
