@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
 from common import data_root, markdown_table, run_measured
+
+HERE = Path(__file__).resolve().parent
 
 BLOCK = 256
 WORKERS = 2

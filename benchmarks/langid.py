@@ -17,11 +17,11 @@ import re
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
 from common import data_root, markdown_table
 
 from gptune.data.clean import LANGUAGE_SAMPLE_CHARS, language_sample
+
+HERE = Path(__file__).resolve().parent
 
 OTHER = {
     "fr": ["La petite ville portuaire vivait surtout de la pêche et du commerce du sel, et chaque dimanche les "
