@@ -332,7 +332,7 @@ def test_bad_rules_name_the_field(sets, pattern):
     from gptune.recipes import build_recipe
 
     with pytest.raises(GptuneError, match=pattern) as e:
-        build_recipe({}, sets=sets)
+        build_recipe({"model": {"tokenizer": "train"}, "train": {"max_steps": 1}}, sets=sets)
     assert len(e.value.problems) == 1
 
 
