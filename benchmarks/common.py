@@ -264,22 +264,22 @@ def _cell(s: dict | None, digits: int) -> str:
 
 
 def print_table(rows: list[dict], title: str = "") -> None:
+    print(table_text(rows, title), end="")
+    sys.stdout.flush()
+
+
+def table_text(rows: list[dict], title: str = "") -> str:
+    """The rows as a markdown table (title above, notes below), as print_table shows them."""
     head = ["workload", "metric", "gptune median (min-max)", "peer", "peer median (min-max)", "ratio", "target"]
     body = [[r["workload"], r["metric"], _cell(r["gptune"], r["digits"]), r["peer_name"],
              _cell(r["peer"], r["digits"]), fmt(r["ratio"], 2) + "x" if r["ratio"] == r["ratio"] else "-",
              r["target"]] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"  # noqa: E731
-    if title:
-        print(f"\n{title}")
-    print(line(head))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for b in body:
-        print(line(b))
-    for r in rows:
-        if r["note"]:
-            print(f"  - {r['workload']} / {r['metric']}: {r['note']}")
-    sys.stdout.flush()
+    out = [f"\n{title}"] if title else []
+    out += [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)]
+    out += [f"  - {r['workload']} / {r['metric']}: {r['note']}" for r in rows if r["note"]]
+    return "\n".join(out) + "\n"
 
 
 def machine() -> dict:

@@ -36,6 +36,15 @@ def type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def shipped_recipe(name: str) -> Path:
+    """A recipe (or Accelerate config, ``accelerate/ddp.yaml``) that ships with gptune: an installed wheel's
+    package data ``gptune/shipped_recipes/`` (pyproject.toml maps the checkout's ``recipes/`` there), else,
+    running from a checkout, its ``recipes/``."""
+    package = Path(__file__).resolve().parent
+    wheel = package / "shipped_recipes" / name
+    return wheel if wheel.is_file() else package.parent / "recipes" / name
+
+
 _NO = object()
 
 

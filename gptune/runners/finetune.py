@@ -10,13 +10,13 @@ from pathlib import Path
 from gptune.config import Recipe
 from gptune.console import console, is_main_process, say, summary_table
 from gptune.errors import GptuneError
-from gptune.recipes import build_recipe, read_recipe_file
+from gptune.recipes import build_recipe, read_recipe_file, shipped_recipe
 from gptune.tasks import GLUE_TASKS, TaskSpec, build_task_spec
 from gptune.training.checkpoint import TrainState, newest_final
 from gptune.training.loop import StepOutput, compile_in_place, train
 from gptune.training.run import RunSummary, finish, open_run, prepare_training, promote_best, publish_final
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "finetune.yaml"
+DEFAULT_RECIPE = shipped_recipe("finetune.yaml")
 HUB_MODEL = "openai-community/openai-gpt"
 AUTO = "auto"
 
