@@ -13,7 +13,7 @@ Rows (one table at the end; ``--out`` also writes it as gpu_check.md and gpu_che
 * SST-2 fine-tuning steps, LoRA and full, from the pretraining run's ``final/``;
 * ``gptune eval --ppl`` on that model;
 * DDP and FSDP over every visible GPU (when there are >= 2), through ``accelerate launch`` with the shipped
-  ``recipes/accelerate/ddp.yaml`` / ``fsdp.yaml``: tokens/s and scaling against one GPU.
+  ``ddp`` / ``fsdp`` Accelerate configs: tokens/s and scaling against one GPU.
 
 Time: the checks run (the Trainer first, compile on last of the one-GPU rows: ``CHECKS``) inside
 ``--budget`` seconds (default 390, 6.5 minutes, so that the device script, install included, ends within
@@ -308,10 +308,12 @@ def check_trainer(ctx: Ctx) -> list[dict]:
 
 
 def check_launch(ctx: Ctx, config: str) -> list[dict]:
+    from gptune.recipes import shipped
+
     n = ctx.gpus
     out = ctx.work / "runs" / f"pretrain-{config}"
-    run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "recipes" / "accelerate" /
-         f"{config}.yaml"), "--num_processes", str(n), "--main_process_port", str(free_port()),
+    run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(shipped("accelerate")[config]),
+         "--num_processes", str(n), "--main_process_port", str(free_port()),
          "-m", "gptune", "pretrain", str(ctx.recipe), "--out-dir", str(out),
          "--set", f"train.global_batch_size={ctx.shape.micro * n}"], cwd=ctx.work, env=ctx.env, timeout=ctx.timeout)
     rate = window_rates(out)

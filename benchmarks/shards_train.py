@@ -40,7 +40,7 @@ class InRamBlocks(torch.utils.data.Dataset):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default=str(HERE.parent / "recipes" / "books.yaml"))
+    p.add_argument("--recipe", default="books")  # the shipped recipe, by name
     p.add_argument("--set", dest="sets", action="append", default=[])
     p.add_argument("--windows", type=int, default=6, help="windows per side")
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per window")

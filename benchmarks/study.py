@@ -88,7 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default=",".join(TASK_ORDER), help="table5 / select-lr tasks")
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {','.join(SETTINGS)}")
     p.add_argument("--variants", default="base", help=f"pretraining variants: {', '.join(VARIANTS)}")
-    p.add_argument("--pretrain-recipe", default=str(ROOT / "recipes" / "books.yaml"))
+    p.add_argument("--pretrain-recipe", default="books")  # the shipped recipe, by name
     p.add_argument("--pretrain-seeds", default="1,2", help="one pretraining run per seed (recipe seed key)")
     p.add_argument("--init-seeds", default=None, help="random inits for setting (c) (default: --pretrain-seeds; "
                    "init seed s is paired with pretraining seed s)")

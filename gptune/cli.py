@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-recipes_app = typer.Typer(help="Check and document recipes.", no_args_is_help=True,
+recipes_app = typer.Typer(help="List, copy, check and document recipes.", no_args_is_help=True,
                           context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(recipes_app, name="recipes")
 
@@ -47,7 +47,11 @@ MainIpOpt = Annotated[str | None, typer.Option("--main-process-ip", help="Addres
                                                                          "every machine (needed with --num-machines > 1).")]
 MainPortOpt = Annotated[int | None, typer.Option("--main-process-port", help="Port of the main process (default: a "
                                                                              "free one; 29500 across machines).")]
-LAUNCH_FLAGS = ("--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port")
+ConfigFileOpt = Annotated[str | None, typer.Option("--config-file", help="With --num-processes: an Accelerate config "
+                                                                      "(a file, or a shipped name: ddp, fsdp, deepspeed_zero2, "
+                                                                      "deepspeed_zero3, cpu2; `gptune recipes list`).")]
+LAUNCH_FLAGS = ("--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port",
+                "--config-file")
 
 
 def _command_line() -> str:
@@ -55,14 +59,16 @@ def _command_line() -> str:
 
 
 def _relaunch(num_processes: int | None, num_machines: int = 1, machine_rank: int = 0,
-              main_process_ip: str | None = None, main_process_port: int | None = None) -> bool:
+              main_process_ip: str | None = None, main_process_port: int | None = None,
+              config_file: str | None = None) -> bool:
     """With --num-processes N (N > 1, or several machines) and not yet launched: re-run this command under
     accelerate launch, without the launch flags."""
     if os.environ.get("ACCELERATE_LAUNCHED_GPTUNE"):
         return False
     if num_processes is None:
-        if num_machines > 1:
-            raise GptuneError(f"--num-machines {num_machines}: also pass --num-processes (all machines together)")
+        if num_machines > 1 or config_file:
+            flag = f"--num-machines {num_machines}" if num_machines > 1 else f"--config-file {config_file}"
+            raise GptuneError(f"{flag}: also pass --num-processes (all machines together)")
         return False
     if num_processes < 1:
         raise GptuneError(f"--num-processes must be >= 1, got {num_processes}")
@@ -70,7 +76,7 @@ def _relaunch(num_processes: int | None, num_machines: int = 1, machine_rank: in
         return False
     from gptune.distributed import Machines, launch
 
-    machines = Machines(num_machines, machine_rank, main_process_ip, main_process_port)
+    machines = Machines(num_machines, machine_rank, main_process_ip, main_process_port, config_file)
     raise typer.Exit(launch(num_processes, _strip_launch_flags(sys.argv[1:]), machines))
 
 
@@ -91,7 +97,8 @@ def _strip_launch_flags(argv: list[str]) -> list[str]:
 
 @app.command()
 def pretrain(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (e.g. recipes/books.yaml or runs/NAME/recipe.yaml).")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, run folder, or a shipped recipe's name (books, gpt1: "
+                                                "`gptune recipes list`; recipes/books.yaml names the shipped one too).")],
     set_: SetOpt = None,
     resume: ResumeOpt = None,
     out_dir: OutDirOpt = None,
@@ -103,9 +110,10 @@ def pretrain(
     machine_rank: MachineRankOpt = 0,
     main_process_ip: MainIpOpt = None,
     main_process_port: MainPortOpt = None,
+    config_file: ConfigFileOpt = None,
 ) -> None:
     """Causal-LM pretraining of a GPT on packed text (random init or a pretrained checkpoint)."""
-    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port, config_file)
     from gptune.recipes import load_recipe
 
     r = load_recipe(recipe, {"out_dir": out_dir, "train.max_steps": max_steps}, set_)
@@ -118,7 +126,8 @@ def pretrain(
 
 @app.command()
 def prepare(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose data (and tokenizer) to prepare.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (or a shipped recipe's name) whose data (and tokenizer) "
+                                                "to prepare.")],
     set_: SetOpt = None,
     out_dir: OutDirOpt = None,
 ) -> None:
@@ -177,7 +186,7 @@ def finetune(
                                                                     "or every weight. Default: the recipe's lora.enabled.")] = None,
     model: Annotated[str | None, typer.Option(help="Pretrained model folder or hub id (default: newest runs/*/final "
                                                    "from gptune pretrain, else openai-community/openai-gpt).")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="Recipe YAML (default: the shipped recipes/finetune.yaml).")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe YAML (default: the shipped finetune recipe; `gptune recipes cp finetune`).")] = None,
     data_dir: DataDirOpt = None,
     set_: SetOpt = None,
     resume: ResumeOpt = None,
@@ -191,9 +200,10 @@ def finetune(
     machine_rank: MachineRankOpt = 0,
     main_process_ip: MainIpOpt = None,
     main_process_port: MainPortOpt = None,
+    config_file: ConfigFileOpt = None,
 ) -> None:
     """Fine-tune a GPT on a task with GPT-1's input transformations and auxiliary LM loss (full or LoRA)."""
-    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port, config_file)
     from gptune.recipes import build_recipe, read_recipe_file
     from gptune.runners.finetune import DEFAULT_RECIPE, run_finetune
 
@@ -270,9 +280,10 @@ def eval_(
     machine_rank: MachineRankOpt = 0,
     main_process_ip: MainIpOpt = None,
     main_process_port: MainPortOpt = None,
+    config_file: ConfigFileOpt = None,
 ) -> None:
     """Evaluate: a task model on its dev split(s) (--task), all GLUE tasks (--glue), or perplexity (--ppl)."""
-    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port)
+    _relaunch(num_processes, num_machines, machine_rank, main_process_ip, main_process_port, config_file)
     chosen = [n for n, on in (("--ppl", ppl), ("--glue", glue), ("--task", task is not None)) if on]
     if ppl and glue or (glue and task is not None):
         raise GptuneError(f"eval: choose one of --task, --glue, --ppl (got {' and '.join(chosen)})")
@@ -346,6 +357,39 @@ def recipes_show(
     from gptune.recipes import load_recipe
 
     typer.echo(load_recipe(recipe, None, set_).to_yaml(), nl=False)
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """The shipped recipes and Accelerate configs: name and one-line purpose."""
+    from gptune.recipes import all_shipped, purpose
+
+    known = all_shipped()
+    width = max(map(len, known))
+    for name, path in known.items():
+        typer.echo(f"{name:<{width}}  {purpose(path)}")
+
+
+@recipes_app.command("cp")
+def recipes_cp(
+    name: Annotated[str, typer.Argument(help="A shipped recipe or config (`gptune recipes list`).")],
+    dest: Annotated[Path | None, typer.Argument(help="File or folder to copy to (default ./NAME.yaml).")] = None,
+) -> None:
+    """Copy a shipped recipe or Accelerate config to edit (an existing file is never replaced)."""
+    from gptune.recipes import copy_shipped
+
+    typer.echo(str(copy_shipped(name, dest)))
+
+
+@recipes_app.command("path")
+def recipes_path(
+    name: Annotated[str, typer.Argument(help="A shipped recipe or config (`gptune recipes list`).")],
+) -> None:
+    """Print where a shipped file is (accelerate launch --config_file "$(gptune recipes path fsdp)" ...)."""
+    from gptune.recipes import ACCELERATE, resolve_shipped, shipped, shipped_name
+
+    kind = "recipe" if shipped_name(name) in shipped() else ACCELERATE
+    typer.echo(str(resolve_shipped(name, kind, "recipes path")))
 
 
 @recipes_app.command("docs")

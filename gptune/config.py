@@ -89,11 +89,12 @@ class DataConfig:
     """Text for causal-LM pretraining."""
 
     path: str = "data/books"
-    """A text file, a folder of .txt/.jsonl/.csv/.parquet files, or a hub dataset id (``name`` or
-    ``name:config``)."""
+    """A text file, a folder of .txt/.jsonl/.csv/.parquet files, a hub dataset id (``name`` or
+    ``name:config``), or ``embedded``: the 13 public-domain books shipped inside gptune (5.5 MB)."""
     download_books: bool = False
     """When ``data.path`` does not exist, fill it with public-domain Project Gutenberg books from the
-    Hugging Face hub (about 50 MB). Offline, the run stops and asks for ``--set data.path=DIR``."""
+    Hugging Face hub (about 50 MB); when the hub cannot be reached, read ``embedded`` instead (the run's
+    first line and its recipe.yaml say so)."""
     text_column: str = "text"
     """Column holding the text in .jsonl/.csv/.parquet files and hub datasets."""
     block_size: int = 256

@@ -37,6 +37,9 @@ class Machines:
     machine_rank: int = 0
     main_process_ip: str | None = None
     main_process_port: int | None = None
+    config_file: str | None = None
+    """``--config-file``: an Accelerate config (a path, or a shipped name: ``fsdp``, ``deepspeed_zero3`` ...)
+    that decides the distributed type and precision instead of plain DDP."""
 
     def check(self, num_processes: int) -> None:
         problems = []
@@ -52,6 +55,13 @@ class Machines:
                             "reachable from every machine)")
         if self.main_process_port is not None and not 0 < self.main_process_port < 65536:
             problems.append(f"--main-process-port must be in 1..65535, got {self.main_process_port}")
+        if self.config_file:
+            from gptune.recipes import ACCELERATE, resolve_shipped
+
+            try:
+                resolve_shipped(self.config_file, ACCELERATE, "--config-file")
+            except GptuneError as e:
+                problems.extend(e.problems or [str(e)])
         if problems:
             raise GptuneError(*problems)
 
@@ -65,10 +75,15 @@ def launch_command(num_processes: int, argv: list[str], port: int | None = None,
     where = ["--num_machines", str(m.num_machines)]
     if m.num_machines > 1:
         where += ["--machine_rank", str(m.machine_rank), "--main_process_ip", str(m.main_process_ip)]
+    if m.config_file:
+        from gptune.recipes import ACCELERATE, resolve_shipped
+
+        how = ["--config_file", str(resolve_shipped(m.config_file, ACCELERATE, "--config-file"))]
+    else:
+        how = ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
     return [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--num_processes", str(num_processes), *where, "--multi_gpu",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--num_processes", str(num_processes), *where, *how,
         "--main_process_port", str(port or free_port()),
         "-m", "gptune", *argv,
     ]

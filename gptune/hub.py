@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from gptune.data.books import EMBEDDED
 from gptune.errors import GptuneError
 
 CARD_FILE = "README.md"
@@ -26,6 +27,24 @@ _LM_METRICS = {
     "val_bits_per_byte": ("bits_per_byte", "validation bits per byte"),
 }
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ----------------------------------------------------------------------------- reaching the hub
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick request through huggingface_hub's own client before asking the hub for files (its
+    downloads retry for ~50 s offline). The client applies what every download does: HF_HUB_OFFLINE
+    (no request at all), HF_ENDPOINT and the HTTPS_PROXY / HTTP_PROXY / NO_PROXY variables."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.is_offline_mode():
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # noqa: BLE001 - offline mode, DNS, proxy, TLS, timeout: all mean "not reachable now"
+        return False
+    return True
+
 
 
 # ----------------------------------------------------------------------------- the model card
@@ -47,7 +66,7 @@ def _lm_results(recipe: dict, metrics: dict) -> tuple[list[dict], list[str]]:
     data = recipe.get("data") or {}
     path = str(data.get("path", ""))
     # a local folder (even one download_books filled from the hub) is named by its folder, not claimed as a hub set
-    hub = path.split(":")[0] if _is_hub_id(path) else None
+    hub = path.split(":")[0] if _is_hub_id(path) and path != EMBEDDED else None
     found = [{"type": t, "value": metrics[k], "name": name} for k, (t, name) in _LM_METRICS.items() if k in metrics]
     results = []
     if found:

@@ -95,6 +95,14 @@ def run_cli(*args) -> int:
     return 0
 
 
+def run_cli_captured(capsys, *args) -> tuple[int, str, str]:
+    """``run_cli`` with what it printed: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = run_cli(*args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def make_workdir(root, monkeypatch, books: dict[str, int]):
     """chdir into ``root`` with a private cache, no progress bars, and ``books/<name>`` of make_text(n, i)."""
     monkeypatch.setenv("GPTUNE_NO_PROGRESS", "1")

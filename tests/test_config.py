@@ -10,9 +10,9 @@ import yaml
 from gptune.config import Recipe
 from gptune.errors import GptuneError
 from gptune.recipe_docs import field_docs, iter_fields
-from gptune.recipes import build_recipe, load_recipe, parse_override, recipe_diff
+from gptune.recipes import build_recipe, load_recipe, parse_override, recipe_diff, shipped
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+RECIPES = list(shipped().values())
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])

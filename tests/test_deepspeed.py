@@ -6,6 +6,7 @@ the parameters (ZeRO-3) or of the optimizer state (ZeRO-2), and final/ is consol
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from conftest import accelerate_launch, finetune_args, make_workdir, run_cli, tr
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow  # each test launches DeepSpeed on 2 processes (imports alone take ~20 s)
 
-SHIPPED = Path(__file__).parents[1] / "recipes" / "accelerate"
+SHIPPED = Path(str(importlib.resources.files("gptune.recipes") / "accelerate"))
 RECIPE = (
     "# gptune pretrain r.yaml\nname: tiny\n"
     "model: {tokenizer: train, vocab_size: 400, config: {n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, dropout: 0.0}}\n"

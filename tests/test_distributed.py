@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import subprocess
@@ -86,7 +87,7 @@ def test_shipped_accelerate_configs_parse():
 
     from accelerate.commands.config.config_args import load_config_from_file
 
-    folder = Path(__file__).parents[1] / "recipes" / "accelerate"
+    folder = Path(str(importlib.resources.files("gptune.recipes") / "accelerate"))
     kinds = {p.name: str(load_config_from_file(str(p)).distributed_type) for p in folder.glob("*.yaml")}
     assert kinds == {
         "cpu2.yaml": "DistributedType.MULTI_GPU", "ddp.yaml": "DistributedType.MULTI_GPU",

@@ -413,7 +413,7 @@ def test_hub_check_asks_through_the_hub_client_and_its_proxy(monkeypatch):
     import huggingface_hub.constants as hc
     from huggingface_hub.utils import close_session
 
-    from gptune.runners.finetune import hub_reachable
+    from gptune.hub import hub_reachable
 
     seen = []
 

@@ -7,6 +7,7 @@ the 1-process numbers; final/ is consolidated and loads; a resumed run ends wher
 
 from __future__ import annotations
 
+import importlib.resources
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import accelerate_launch, finetune_args, make_workdir, run_cli, train_events
 
-FSDP_YAML = Path(__file__).parents[1] / "recipes" / "accelerate" / "fsdp.yaml"
+FSDP_YAML = Path(str(importlib.resources.files("gptune.recipes") / "accelerate" / "fsdp.yaml"))
 RECIPE = (
     "# gptune pretrain r.yaml\nname: tiny\n"
     "model: {tokenizer: train, vocab_size: 400, config: {n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, dropout: 0.0}}\n"

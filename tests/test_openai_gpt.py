@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import make_workdir, run_cli
-from gptune.recipes import build_recipe, load_recipe, read_recipe_file
+from gptune.recipes import build_recipe, load_recipe, read_recipe_file, shipped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_gpt1_recipe_is_the_papers_configuration_and_runs_shrunk(tmp_path, monke
     from gptune.modeling.gpt import build_causal_lm
     from gptune.tokenization import load_tokenizer
 
-    path = ROOT / "recipes" / "gpt1.yaml"
+    path = shipped()["gpt1"]
     r = load_recipe(path)
     paper = {"model.arch": "openai-gpt", "model.tokenizer": "openai-community/openai-gpt",
              "model.config.n_layer": 12, "model.config.n_head": 12, "model.config.n_embd": 768,

@@ -352,7 +352,11 @@ def test_two_accelerate_processes_equal_one(tmp_path):
     script.write_text(_TWO_PROCESS_SCRIPT)
     out = tmp_path / "out.json"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    from gptune.distributed import free_port
+
+    # a free port, not torchrun's default 29500: a process left from an earlier test may still hold it
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(free_port())]
     subprocess.run([*cmd, str(script), str(out)], check=True, env=env, timeout=300)
     two = json.loads(out.read_text())
 

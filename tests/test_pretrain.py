@@ -64,7 +64,8 @@ def test_final_folder_loads_with_auto_classes_and_gives_identical_logits(books):
     wrapped = LMWithLoss(AutoModelForCausalLM.from_pretrained(final))
     wrapped.load_state_dict(state, strict=False)
     with torch.no_grad():
-        assert torch.equal(model(ids).logits, wrapped.lm.eval()(ids).logits)
+        # the same weights; the forward kernels may differ (gptune's fused GELU vs transformers' own): fp32 1e-6
+        torch.testing.assert_close(model(ids).logits, wrapped.lm.eval()(ids).logits, rtol=1e-6, atol=1e-6)
     out = pipeline("text-generation", model=model, tokenizer=tok)("The cat", max_new_tokens=5, do_sample=False)
     assert out[0]["generated_text"].startswith("The cat")
 
@@ -173,15 +174,18 @@ def test_help_lists_commands_without_importing_torch():
     assert "torch" not in loaded and "transformers" not in loaded
 
 
-def test_missing_books_offline_says_how_to_point_at_local_text(books, capsys, monkeypatch):
+def test_missing_books_offline_read_the_embedded_corpus_and_say_so(books, capsys, monkeypatch):
     import huggingface_hub.constants as hc
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True, raising=False)
-    code = run_cli("pretrain", "r.yaml", "--set", "data.path=data/books", "--set", "data.download_books=true")
-    err = capsys.readouterr().err
-    assert code == 2 and "--set data.path=DIR" in err and "data/books" in err
-    assert not (books / "data" / "books").exists()  # no partial folder left behind
+    code = run_cli("pretrain", "r.yaml", "--set", "data.path=data/books", "--set", "data.download_books=true",
+                   "--set", "train.max_steps=1", "--set", "data.max_tokens=20000", "--set", "data.val_fraction=0.05")
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    first = out.out.strip().splitlines()[0]
+    assert "data embedded" in first and "data/books is missing and the hub cannot be reached" in first
+    assert not (books / "data" / "books").exists()  # nothing downloaded, no partial folder left behind
 
 
 def test_tensorboard_tracker_logs_into_the_run_folder(books):

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from conftest import make_text
-from gptune.cli import main
+from conftest import make_text, run_cli_captured
 
 BOOKS = (
     "# gptune pretrain recipes/books.yaml\nname: books\n"
@@ -17,15 +16,7 @@ BOOKS = (
 )
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run_cli = run_cli_captured
 
 
 @pytest.fixture()
@@ -89,8 +80,8 @@ def test_nothing_found_messages(tmp_path, monkeypatch, capsys):
     assert code == 2 and "--model" in err
     code, _, err = run_cli(capsys, "eval", "--ppl")
     assert code == 2 and "pass --model" in err
-    code, _, err = run_cli(capsys, "pretrain", "recipes/books.yaml")
-    assert code == 2 and "recipes/books.yaml" in err
+    code, _, err = run_cli(capsys, "pretrain", "recipes/nobooks.yaml")  # recipes/books.yaml is shipped
+    assert code == 2 and "recipes/nobooks.yaml" in err and "books, finetune, gpt1" in err
 
 
 def test_finetune_without_glue_data_offline_names_the_flags(project, capsys, tiny_model_dir):

@@ -86,7 +86,8 @@ def test_cola_threshold_maximises_mcc_and_scores_the_mean_token_logprob(lm):
     brute = max(mcc(t) for t in [values[0] - 1] + [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)])
     assert mcc(cut) == pytest.approx(brute)
     res = zs.zero_shot(model, tok, "cola", dev, calibration=cal)
-    assert res.threshold == cut and res.chance == 0.0
+    # the same scores batched differently (5 here, the default there): padding changes fp32 sums by ~1e-7
+    assert res.threshold == pytest.approx(cut, rel=1e-6, abs=1e-6) and res.chance == 0.0
     dev_scores = zs.mean_token_logprobs(model, tok, [r["sentence"] for r in dev])
     assert res.predictions == [int(s > cut) for s in dev_scores]
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from gptune.config import DataConfig, Recipe
 from gptune.console import make_byte_progress, say
+from gptune.data.books import corpus_path
 from gptune.data.cache import entry_dir, entry_key
 from gptune.data.encode import encode_texts, tail_cut
 from gptune.data.shards import StreamWriter, TokenBlocks, TokenStream, token_dtype
@@ -115,7 +116,7 @@ def load_pretrain_tokenizer(recipe: Recipe, run_dir: Path):
     d, m = recipe.data, recipe.model
     texts = None
     if spec == "train":
-        source = open_source(d.path, text_column=d.text_column, fallback_encoding=d.fallback_encoding,
+        source = open_source(corpus_path(d.path, d.cache_dir), text_column=d.text_column, fallback_encoding=d.fallback_encoding,
                              revision=d.revision)
 
         def texts():
@@ -133,11 +134,11 @@ def prepare_lm_data(data: DataConfig, tokenizer: Any, *, seed: int, main: bool =
     """
     if tokenizer.eos_token_id is None:
         raise GptuneError("the tokenizer has no EOS token (load it with gptune.tokenization.load_tokenizer)")
-    train_src = open_source(data.path, "data.path", text_column=data.text_column,
+    train_src = open_source(corpus_path(data.path, data.cache_dir), "data.path", text_column=data.text_column,
                             fallback_encoding=data.fallback_encoding, revision=data.revision)
     val_src = None
     if data.val_path:
-        val_src = open_source(data.val_path, "data.val_path", text_column=data.text_column,
+        val_src = open_source(corpus_path(data.val_path, data.cache_dir), "data.val_path", text_column=data.text_column,
                               fallback_encoding=data.fallback_encoding, revision=data.revision)
     split = "path" if val_src else (data.val_split if data.val_fraction > 0 else "none")
     shard_tokens = max(1, (shard_tokens or SHARD_TOKENS) // data.block_size) * data.block_size

@@ -10,13 +10,15 @@ from pathlib import Path
 from gptune.config import Recipe
 from gptune.console import console, is_main_process, say, summary_table
 from gptune.errors import GptuneError
-from gptune.recipes import build_recipe, read_recipe_file, shipped_recipe
+from gptune.hub import hub_reachable
+from gptune.recipes import build_recipe, read_recipe_file
 from gptune.tasks import GLUE_TASKS, TaskSpec, build_task_spec
 from gptune.training.checkpoint import TrainState, newest_final
 from gptune.training.loop import StepOutput, compile_in_place, train
 from gptune.training.run import RunSummary, finish, open_run, prepare_training, promote_best, publish_final
 
-DEFAULT_RECIPE = shipped_recipe("finetune.yaml")
+DEFAULT_RECIPE = "finetune"
+"""The shipped recipe ``gptune finetune`` reads without ``--recipe`` (``gptune recipes cp finetune`` to edit it)."""
 HUB_MODEL = "openai-community/openai-gpt"
 AUTO = "auto"
 
@@ -26,22 +28,6 @@ def default_model() -> str:
     """``--model`` when absent: the newest local pretraining run, else GPT-1 from the hub."""
     run = newest_final(pretrained_only=True)
     return str(run) if run is not None else HUB_MODEL
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick request through huggingface_hub's own client before asking the hub for files (its
-    downloads retry for ~50 s offline). The client applies what every download does: HF_HUB_OFFLINE
-    (no request at all), HF_ENDPOINT and the HTTPS_PROXY / HTTP_PROXY / NO_PROXY variables."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    if constants.is_offline_mode():
-        return False
-    try:
-        get_session().head(constants.ENDPOINT, timeout=timeout)
-    except Exception:  # noqa: BLE001 - offline mode, DNS, proxy, TLS, timeout: all mean "not reachable now"
-        return False
-    return True
 
 
 def _hub_cached(repo: str) -> bool:

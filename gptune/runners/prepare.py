@@ -3,7 +3,7 @@ memory-maps them). Reads like a table of contents."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 from gptune.config import Recipe
 from gptune.console import say
@@ -11,13 +11,14 @@ from gptune.console import say
 
 def run_prepare(recipe: Recipe):
     """Prepare (or find prepared) the shards of ``recipe.data``; returns the ``LMData``."""
+    from gptune.data.books import choose_corpus, fetch_corpus
     from gptune.data.prepare import load_pretrain_tokenizer, prepare_lm_data
 
-    if recipe.data.download_books and not Path(recipe.data.path).exists():
-        from gptune.data.books import ensure_books
-
-        say(f"data.path {recipe.data.path} is missing: downloading public-domain books from the hub")
-        ensure_books(Path(recipe.data.path))
+    data_cfg, corpus = choose_corpus(recipe.data)
+    if corpus != recipe.data.path:  # embedded, or downloading: say so before the work
+        say(f"prepare: data {corpus}")
+    recipe = dataclasses.replace(recipe, data=data_cfg)
+    fetch_corpus(recipe.data)
     tokenizer = load_pretrain_tokenizer(recipe, recipe.run_dir)
     data = prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed)
     say(data.stats.summary(data.folder))

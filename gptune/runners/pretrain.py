@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -17,15 +18,21 @@ from gptune.training.loop import EpochSampler, StepOutput, compile_in_place, tra
 from gptune.training.run import RunSummary, finish, open_run, prepare_training, publish_final
 
 
-def ensure_corpus(recipe: Recipe, accelerator) -> None:
-    """``data.download_books``: fill a missing ``data.path`` from the hub (main process only)."""
-    if recipe.data.download_books and not Path(recipe.data.path).exists():
-        from gptune.data.books import ensure_books
+def choose_corpus(recipe: Recipe) -> tuple[Recipe, str]:
+    """The recipe with the corpus it will read (``embedded`` for missing books offline), and its name."""
+    from gptune.data.books import choose_corpus as choose
 
-        with accelerator.main_process_first():
-            if accelerator.is_main_process:
-                say(f"data.path {recipe.data.path} is missing: downloading public-domain books from the hub")
-                ensure_books(Path(recipe.data.path))
+    data, label = choose(recipe.data)
+    return dataclasses.replace(recipe, data=data), label
+
+
+def fetch_corpus(recipe: Recipe, accelerator) -> None:
+    """``data.download_books``: fill a missing ``data.path`` from the hub (main process only)."""
+    from gptune.data.books import fetch_corpus as fetch
+
+    with accelerator.main_process_first():
+        if accelerator.is_main_process:
+            fetch(recipe.data)
 
 
 def load_lm_data(recipe: Recipe, tokenizer, accelerator):
@@ -130,9 +137,12 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
 
     t0 = time.perf_counter()
     set_threads()
+    recipe, corpus = choose_corpus(recipe)
+    say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} | "
+        f"data {corpus} | out {recipe.run_dir}")
     accelerator, run_dir, ckpt = open_run(recipe, resume=resume, overwrite=overwrite, command=command)
     set_seed(recipe.seed)
-    ensure_corpus(recipe, accelerator)
+    fetch_corpus(recipe, accelerator)
     with accelerator.main_process_first():  # the main process trains/saves the tokenizer, the others reuse it
         tokenizer = load_pretrain_tokenizer(recipe, run_dir)
     lm = build_causal_lm(recipe.model, tokenizer)
@@ -144,8 +154,6 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     model = LMWithLoss(lm)
     if recipe.train.compile:
         compile_in_place(model)
-    say(f"pretrain: model {recipe.model.name_or_path or recipe.model.arch + ' (random init)'} | "
-        f"data {recipe.data.path} | out {run_dir}")
     say(f"  {count_parameters(lm) / 1e6:.2f}M parameters; {data.stats.tokens:,} tokens, {len(data.train)} train / "
         f"{len(data.val) if data.val is not None else 0} validation blocks of {recipe.data.block_size}"
         f"{' (cached)' if data.stats.cached else ''}")

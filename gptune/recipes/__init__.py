@@ -1,5 +1,10 @@
 """Reading recipes: YAML file < command-line flags < ``--set key=value`` on top of the dataclass
-defaults of ``gptune.config``, into one validated ``Recipe``.
+defaults of ``gptune.config``, into one validated ``Recipe``; and the recipes gptune ships.
+
+The shipped recipes (``books``, ``finetune``, ``gpt1``) and Accelerate configs (``accelerate/ddp`` ...) are
+package data in this folder, found with ``importlib.resources``: a recipe argument is a path when that file
+exists, else the name of a shipped one (``books``, ``books.yaml`` and ``recipes/books.yaml`` all name it),
+so an installed wheel works outside a checkout.
 
 Every problem (unknown key with a "did you mean", wrong type, out-of-range value) is collected and
 reported at once as a :class:`GptuneError`, one line each, naming the dotted key the user typed.
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import types
 import typing
 from pathlib import Path
@@ -34,15 +40,6 @@ def type_name(tp) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return getattr(tp, "__name__", str(tp))
-
-
-def shipped_recipe(name: str) -> Path:
-    """A recipe (or Accelerate config, ``accelerate/ddp.yaml``) that ships with gptune: an installed wheel's
-    package data ``gptune/shipped_recipes/`` (pyproject.toml maps the checkout's ``recipes/`` there), else,
-    running from a checkout, its ``recipes/``."""
-    package = Path(__file__).resolve().parent
-    wheel = package / "shipped_recipes" / name
-    return wheel if wheel.is_file() else package.parent / "recipes" / name
 
 
 _NO = object()
@@ -161,11 +158,84 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# ----------------------------------------------------------------------------- shipped files
+
+ACCELERATE = "accelerate"
+"""The sub-folder of the shipped Accelerate configs."""
+
+
+def _shipped_root() -> Path:
+    return Path(str(importlib.resources.files(__name__)))
+
+
+def shipped(kind: str = "recipe") -> dict[str, Path]:
+    """Name -> file of the shipped recipes (``kind='recipe'``) or Accelerate configs (``'accelerate'``)."""
+    folder = _shipped_root() / (ACCELERATE if kind == ACCELERATE else "")
+    return {f.stem: f for f in sorted(folder.glob("*.yaml"))}
+
+
+def purpose(path: Path) -> str:
+    """The one-line purpose of a shipped file: its first comment line."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def shipped_name(arg: str | Path, kind: str = "recipe") -> str:
+    """``recipes/books.yaml``, ``books.yaml``, ``books`` -> ``books``; ``recipes/accelerate/ddp.yaml``,
+    ``accelerate/ddp``, ``ddp`` -> ``ddp`` (kind ``accelerate``)."""
+    name = Path(str(arg)).as_posix()
+    for suffix in (".yaml", ".yml"):
+        name = name.removesuffix(suffix)
+    for prefix in ("./", "recipes/", "gptune/recipes/", *((f"{ACCELERATE}/",) if kind == ACCELERATE else ())):
+        name = name.removeprefix(prefix)
+    return name
+
+
+def resolve_shipped(arg: str | Path, kind: str = "recipe", what: str = "recipe") -> Path:
+    """`arg` when that file (or run folder) exists, else the shipped file it names; else one error listing
+    the shipped names."""
+    p = Path(str(arg)).expanduser()
+    if p.exists():
+        return p
+    known = shipped(kind)
+    name = shipped_name(arg, kind)
+    if name in known:
+        return known[name]
+    raise GptuneError(f"{what} {arg}: no such file, and not a shipped name (shipped: {', '.join(known)})")
+
+
+def all_shipped() -> dict[str, Path]:
+    """Every shipped file by the name ``recipes list`` shows: ``books`` ..., ``accelerate/ddp`` ..."""
+    return {**shipped(), **{f"{ACCELERATE}/{n}": f for n, f in shipped(ACCELERATE).items()}}
+
+
+def copy_shipped(name: str, dest: str | Path | None = None) -> Path:
+    """``gptune recipes cp NAME [DEST]``: a shipped recipe or Accelerate config copied to edit. DEST is a
+    file or a folder (default: ``./NAME.yaml``); an existing file is never replaced."""
+    known = all_shipped()
+    key = shipped_name(name)
+    src = known.get(key) or shipped(ACCELERATE).get(shipped_name(name, ACCELERATE))
+    if src is None:
+        raise GptuneError(f"recipes cp {name}: not a shipped name (shipped: {', '.join(known)})")
+    out = Path(dest) if dest is not None else Path(src.name)
+    if out.is_dir():
+        out = out / src.name
+    if out.exists():
+        raise GptuneError(f"recipes cp: {out} exists; pass another DEST or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(src.read_bytes())
+    return out
+
+
+# ----------------------------------------------------------------------------- reading
+
+
 def read_recipe_file(path: str | Path) -> dict:
-    """Read a recipe YAML file into a dict; errors name the file (and the line for syntax errors)."""
-    p = Path(path)
-    if not p.exists():
-        raise GptuneError(f"recipe {p}: no such file")
+    """Read a recipe YAML file (a path, a run folder, or a shipped recipe's name) into a dict; errors
+    name the file (and the line for syntax errors)."""
+    p = resolve_shipped(path)
     if p.is_dir():
         cand = p / "recipe.yaml"
         if cand.exists():
