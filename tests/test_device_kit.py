@@ -1,5 +1,5 @@
 """The device kit (benchmarks/device/): what the wheelhouse carries for the device image, the size check, the
-digest run.sh compares, run.sh's install logic, gpu_check.py's time budget, and the recipes the wheel ships.
+digest run.sh compares, run.sh's install logic and report of the image, and gpu_check.py's time budget.
 Nothing here downloads, installs or needs a GPU."""
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ METADATA = {
                                   "aiohttp!=4.0.0a0,!=4.0.0a1; extra == 'full'"]),
     "peft": ("0.21.2", True, ["numpy>=1.17", "torch>=1.13.0", "transformers"]),
     "pyarrow": ("26.0.1", False, []),
-    "numpy": ("2.5.5", False, []),
+    "numpy": ("2.4.6", False, []),
     "aiohttp": ("3.14.5", False, []),
-    "pyyaml": ("6.0.4", False, []),
+    "pyyaml": ("6.0.3", False, []),
     "scikit-learn": ("1.9.1", False, []),
-    "scipy": ("1.18.1", False, []),
+    "scipy": ("1.17.1", False, []),
     **{n: (v, True, []) for n, v in (("typer", "0.29.2"), ("rich", "15.0.0"), ("tqdm", "4.70.1"),
                                      ("requests", "2.34.2"))},
 }
@@ -98,6 +98,28 @@ def test_the_wheelhouse_carries_what_the_stated_image_lacks():
         "pandas", "xxhash", "packaging"}
 
 
+def test_the_table_holds_the_versions_ci_tests_which_the_builder_downloads():
+    """build_wheelhouse downloads at constraints.txt's versions: the table above must be those wheels."""
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert {n: METADATA[n][0] for n in METADATA if n in pins} == {n: pins[n] for n in METADATA if n in pins}
+    assert {"datasets", "evaluate", "dill", "multiprocess", "peft", "fsspec", "pyarrow"} <= set(pins)
+
+
+def test_a_compiled_fallback_travels_only_when_asked_and_the_range_is_kept():
+    image = bw.Image.read(DEVICE / "image.txt")
+    entries = {e.name: e for e in bw.plan(gptune_requires(), image, table_fetch())}
+    assert entries["pyarrow"].kind == "unverified" and entries["pyarrow"].dist is None
+    assert "carried only with --with pyarrow" in entries["pyarrow"].why
+    assert entries["pyarrow"].range == ">=24.0.0"
+    assert entries["fsspec"].range == "<=2026.9.0,>=2021.05.0,>=2023.1.0"  # datasets' and evaluate's, combined
+    assert entries["torch"].range == "<2.15,>=2.4" and entries["torch"].dist is None
+    entries = {e.name: e for e in bw.plan(gptune_requires(), image, table_fetch(), frozenset({"pyarrow"}))}
+    assert entries["pyarrow"].kind == "fallback" and entries["pyarrow"].travels
+    assert entries["pyarrow"].dist.version == "26.0.1"
+    assert entries["scipy"].kind == "unverified"
+
+
 def test_a_known_image_version_outside_the_range_is_carried_and_an_absent_one_pulls_its_needs():
     image = bw.Image({"numpy": "1.16.0", "huggingface-hub": "1.33.0"})
     fetched: list[str] = []
@@ -127,7 +149,7 @@ def test_the_size_check_counts_everything_that_travels():
 
 
 def test_the_source_digest_follows_what_the_wheel_is_built_from(tmp_path):
-    for name in ("pyproject.toml", "gptune/__init__.py", "recipes/finetune.yaml", "docs/x.md"):
+    for name in ("pyproject.toml", "gptune/__init__.py", "gptune/recipes/finetune.yaml", "docs/x.md"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("a")
     first = bw.source_digest(tmp_path)
@@ -135,7 +157,7 @@ def test_the_source_digest_follows_what_the_wheel_is_built_from(tmp_path):
     (tmp_path / "gptune/__pycache__").mkdir()
     (tmp_path / "gptune/__pycache__/x.pyc").write_text("b")
     assert bw.source_digest(tmp_path) == first
-    (tmp_path / "recipes/finetune.yaml").write_text("b")
+    (tmp_path / "gptune/recipes/finetune.yaml").write_text("b")  # a shipped recipe
     assert bw.source_digest(tmp_path) != first
 
 
@@ -147,17 +169,21 @@ def fake_python(tmp_path: Path) -> tuple[Path, Path]:
     log = tmp_path / "calls.log"
     shim = tmp_path / "python"
     shim.write_text(f"""#!/usr/bin/env bash
-if [ "$1 $2" = "-m pip" ] || [ "$1" = benchmarks/gpu_check.py ]; then echo "$*" >> {log}; exit 0; fi
+if [ "$1 $2" = "-m pip" ] || [ "$1" = benchmarks/gpu_check.py ]; then
+  echo "$*" >> {log}
+  [ "$3" = install ] && [ -n "${{FAKE_PIP_FAILS:-}}" ] && exit 1
+  exit 0
+fi
 exec {sys.executable} "$@"
 """)
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
     return shim, log
 
 
-def run_sh(tmp_path: Path, wheels: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+def run_sh(tmp_path: Path, wheels: Path, *args: str, **env_extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     shim, log = fake_python(tmp_path)
     env = dict(os.environ, PYTHON=str(shim), OUT=str(tmp_path / "out"), GPTUNE_WHEELS=str(wheels),
-               GPU_CHECK_BUDGET="300", PATH=os.environ["PATH"])
+               GPU_CHECK_BUDGET="300", PATH=os.environ["PATH"], **env_extra)
     out = subprocess.run(["bash", str(DEVICE / "run.sh"), *args], capture_output=True, text=True, env=env, timeout=60)
     return out, log.read_text().splitlines() if log.exists() else []
 
@@ -191,6 +217,29 @@ def test_run_sh_without_a_wheelhouse_stops_before_the_check(tmp_path):
     assert out.returncode == 3
     assert "no wheelhouse at" in out.stdout and "build_wheelhouse.py" in out.stdout
     assert calls == []
+
+
+def test_run_sh_reports_the_images_versions_before_installing_and_names_the_fix_when_pip_fails(tmp_path):
+    import json
+
+    import packaging
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "SOURCE_DIGEST").write_text(bw.source_digest() + "\n")
+    (wheels / "plan.json").write_text(json.dumps({"packages": [
+        {"name": "packaging", "kind": "image", "range": ">=1"},
+        {"name": "pytest", "kind": "unverified", "range": "<1"},
+        {"name": "no-such-package-here", "kind": "carry", "range": ""}]}))
+    out, calls = run_sh(tmp_path, wheels, FAKE_PIP_FAILS="1")
+    assert out.returncode == 3, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    image = lines[lines.index(next(x for x in lines if x.startswith("== image"))) + 1:][:3]
+    assert image[0].split() == ["packaging", packaging.__version__, ">=1", "fits", "image"]
+    assert image[1].split()[2:] == ["<1", "OUTSIDE", "unverified"]
+    assert image[2].split() == ["no-such-package-here", "-", "(any)", "absent", "carry"]
+    assert "rebuild here with python benchmarks/device/build_wheelhouse.py --with NAME" in out.stdout
+    assert len(calls) == 1 and calls[0].startswith("-m pip install")  # no check ran after the failed install
 
 
 # ----------------------------------------------------------------------------- gpu_check.py's budget
@@ -233,31 +282,3 @@ def test_default_budget_and_shape_fit_the_device_call(gc):
 def test_trainer_windows_skip_the_first_window(gc):
     times = [float(i) for i in range(1, 31)]  # step i ends at i s: 1 s per step
     assert gc.trainer_windows(times, tokens_per_step=100, w=10) == [100.0, 100.0]
-
-
-# ----------------------------------------------------------------------------- the recipes in the wheel
-
-
-def test_the_wheel_ships_the_recipes_and_every_subpackage():
-    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "gptune").rglob("__init__.py")}
-    assert set(cfg["packages"]) == on_disk | {"gptune.shipped_recipes", "gptune.shipped_recipes.accelerate"}
-    assert cfg["package-dir"] == {"gptune.shipped_recipes": "recipes"}
-    shipped = {str(p.relative_to(ROOT / "recipes")) for p in (ROOT / "recipes").rglob("*") if p.is_file()}
-    globbed = {str(p.relative_to(ROOT / "recipes")) for pkg, globs in cfg["package-data"].items()
-               for g in globs for p in (ROOT / "recipes" / Path(*pkg.split(".")[2:])).glob(g)}
-    assert shipped == globbed
-
-
-def test_shipped_recipe_prefers_the_wheels_copy(tmp_path, monkeypatch):
-    import gptune.recipes as recipes
-    from gptune.runners.finetune import DEFAULT_RECIPE
-
-    assert DEFAULT_RECIPE == ROOT / "recipes" / "finetune.yaml"  # in a checkout
-    site = tmp_path / "site-packages"
-    (site / "gptune" / "shipped_recipes").mkdir(parents=True)
-    (site / "gptune" / "shipped_recipes" / "finetune.yaml").write_text("name: x\n")
-    (site / "recipes").mkdir()  # some other distribution's top-level folder: not ours
-    (site / "recipes" / "finetune.yaml").write_text("name: y\n")
-    monkeypatch.setattr(recipes, "__file__", str(site / "gptune" / "recipes.py"))
-    assert recipes.shipped_recipe("finetune.yaml") == site / "gptune" / "shipped_recipes" / "finetune.yaml"

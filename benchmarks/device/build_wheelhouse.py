@@ -12,9 +12,10 @@ there. This script
    and decides for each package: **image** (the image has it at a version that fits, or at an unread one
    under no version range), **carry** (the image lacks it, or has a version outside the range), or
    **fallback** (the image has it at an unread version and something asks for a range: a pure-Python wheel
-   travels, which ``pip`` installs only if the image's version fails the range; a compiled one does not
-   travel and the package is listed as **unverified**);
-3. downloads what travels, ``--no-deps``, for CPython 3.12 manylinux x86-64, at the versions of ``pins.txt``;
+   travels, which ``pip`` installs only if the image's version fails the range; a compiled one travels only
+   when ``--with NAME`` asks (pyarrow is 53 MiB), else the package is listed as **unverified**);
+3. downloads what travels, ``--no-deps``, for CPython 3.12 manylinux x86-64, at the versions CI tests
+   (``constraints.txt``), so the device runs what was tested here;
 4. checks that the wheels plus the working tree that travels (tracked and untracked-not-ignored files) plus
    any other ``--carry`` paths fit the device's 64 MiB, and writes ``PLAN.txt`` (what stays and why),
    ``plan.json`` and ``SOURCE_DIGEST`` (so ``run.sh`` can tell a wheel older than the sources).
@@ -101,6 +102,7 @@ class Entry:
     why: str
     wanted: list[str] = field(default_factory=list)  # "datasets: dill<0.4.2,>=0.3.0", who asks for what
     dist: Dist | None = None
+    range: str = ""  # the combined range asked of it ("" for any version)
 
     @property
     def travels(self) -> bool:
@@ -133,8 +135,10 @@ def decide(name: str, wanted, image: Image) -> tuple[str, str]:
     return "fallback", f"in the image at an unread version; {wanted} asked"
 
 
-def plan(roots: list[str], image: Image, fetch: Callable[[str, object, set[str]], Dist]) -> list[Entry]:
-    """Every package reached from ``roots`` (requirement strings), decided against ``image``.
+def plan(roots: list[str], image: Image, fetch: Callable[[str, object, set[str]], Dist],
+         compiled: frozenset[str] = frozenset()) -> list[Entry]:
+    """Every package reached from ``roots`` (requirement strings), decided against ``image``; a compiled
+    fallback travels only when ``compiled`` names it (``--with``), else it is listed as unverified.
 
     ``fetch(name, specifier, extras)`` returns the Dist that would travel for ``name`` (downloading it, or from
     a table in tests). Carried packages' requirements are followed; fallbacks' and the image's are not, except
@@ -180,9 +184,10 @@ def plan(roots: list[str], image: Image, fetch: Callable[[str, object, set[str]]
     for name in sorted(wanted):
         kind, why = decide(name, wanted[name], image)
         d = dists.get(name)
-        if kind == "fallback" and d is not None and not d.pure:
-            kind, why = "unverified", why + f"; {d.name} {d.version} is compiled: too big to carry as a fallback"
-        entries.append(Entry(name, kind, why, asked[name], d if kind in ("carry", "fallback") else None))
+        if kind == "fallback" and d is not None and not d.pure and name not in compiled:
+            kind, why = "unverified", why + f"; {d.name} {d.version} is compiled: carried only with --with {name}"
+        entries.append(Entry(name, kind, why, asked[name], d if kind in ("carry", "fallback") else None,
+                             str(wanted[name])))
     return entries
 
 
@@ -193,9 +198,10 @@ def fits(sizes: dict[str, int], limit: int = LIMIT) -> tuple[int, bool]:
 
 
 def source_digest(root: Path = ROOT) -> str:
-    """sha256 over what gptune's wheel is built from (pyproject.toml, gptune/, recipes/); no git needed."""
+    """sha256 over what gptune's wheel is built from (pyproject.toml, gptune/ with its recipes and corpus); no
+    git needed."""
     h = hashlib.sha256()
-    files = [root / "pyproject.toml", *sorted(p for d in ("gptune", "recipes") for p in (root / d).rglob("*")
+    files = [root / "pyproject.toml", *sorted(p for p in (root / "gptune").rglob("*")
                                               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")]
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
@@ -226,8 +232,7 @@ def build_gptune(dest: Path) -> Dist:
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(ROOT / name, tmp)
-        for name in ("gptune", "recipes"):  # recipes/: the wheel's gptune/shipped_recipes/ (pyproject.toml)
-            shutil.copytree(ROOT / name, Path(tmp) / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(ROOT / "gptune", Path(tmp) / "gptune", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), tmp)
     return wheel_dist(next(dest.glob("gptune-*.whl")))
 
@@ -274,8 +279,8 @@ def report(entries: list[Entry], gptune: Dist, sizes: dict[str, int], total: int
     lines += [f"- {e.name}: {e.why} ({'; '.join(e.wanted)})" for e in entries if e.kind == "image"]
     unverified = [e for e in entries if e.kind == "unverified"]
     if unverified:
-        lines += ["", "Unverified (the image's version is unread and no wheel travels; pip on the device says if it "
-                  "fails):", ""]
+        lines += ["", "Unverified (the image's version is unread and no wheel travels; run.sh prints the image's "
+                  "versions, and pip on the device says if one fails: then rebuild with --with NAME):", ""]
         lines += [f"- {e.name}: {e.why} ({'; '.join(e.wanted)})" for e in unverified]
     lines += ["", "What travels (64 MiB at most):", ""]
     lines += [f"- {k}: {mib(v)}" for k, v in sizes.items()]
@@ -286,10 +291,14 @@ def report(entries: list[Entry], gptune: Dist, sizes: dict[str, int], total: int
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", type=Path, default=HERE / "image.txt", help="The image's package list.")
-    p.add_argument("--pins", type=Path, default=HERE / "pins.txt", help="Versions to download (pip constraints).")
+    p.add_argument("--pins", type=Path, default=ROOT / "constraints.txt",
+                   help="Versions to download (pip constraints; default: the ones CI tests).")
     p.add_argument("--out", type=Path, default=WHEELS, help="The wheelhouse folder (emptied first).")
     p.add_argument("--carry", action="append", default=[], type=Path,
                    help="Another path the run will carry, counted in the size check (repeatable).")
+    p.add_argument("--with", dest="with_", action="append", default=[], metavar="NAME",
+                   help="Carry this compiled fallback too (repeatable), e.g. pyarrow when the device's pip says the "
+                        "image's is older than datasets asks.")
     p.add_argument("--digest", action="store_true", help="Print the digest of gptune's sources and stop.")
     a = p.parse_args(argv)
     if a.digest:
@@ -300,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(a.out)  # one version of each package: two would stop the install
     a.out.mkdir(parents=True)
     gptune = build_gptune(a.out)
-    entries = plan(list(gptune.requires), image, downloader(a.out, a.pins))
+    entries = plan(list(gptune.requires), image, downloader(a.out, a.pins), frozenset(map(canonical, a.with_)))
     keep = {gptune.path} | {e.dist.path for e in entries if e.travels}
     for w in a.out.glob("*.whl"):
         if w not in keep:
@@ -314,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / "SOURCE_DIGEST").write_text(source_digest() + "\n")
     (a.out / "plan.json").write_text(json.dumps(
         {"gptune": gptune.path.name, "total_bytes": total, "limit_bytes": LIMIT, "fits": ok,
-         "packages": [{"name": e.name, "kind": e.kind, "why": e.why, "wanted": e.wanted,
+         "packages": [{"name": e.name, "kind": e.kind, "range": e.range, "why": e.why, "wanted": e.wanted,
                        "wheel": e.dist.path.name if e.travels else None} for e in entries]}, indent=2) + "\n")
     print(text, end="")
     if not ok:

@@ -47,11 +47,35 @@ sys.exit(not os.access(sysconfig.get_paths()['purelib'], os.W_OK))"; then
     echo "run.sh: WARNING: the gptune wheel is older than the sources here; installing gptune from the checkout"
     from=.
   fi
-  "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-cache-dir --no-build-isolation "$from" || return 3
+  if ! "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-cache-dir --no-build-isolation "$from"; then
+    echo "run.sh: the install failed; where pip names a package the image has at a version outside the range (see"
+    echo "  == image), rebuild here with python benchmarks/device/build_wheelhouse.py --with NAME and carry it again"
+    return 3
+  fi
   "$PY" -m pip check || echo "run.sh: pip check found the conflicts above (reported, not fatal)"
 }
 
+# The image's versions of what the plan names (before anything is installed), and whether each fits the range
+# asked: an unverified one that does not fit stops the install, and this says which.
+image_versions() {
+  [ -f "$WHEELS/plan.json" ] || return 0
+  "$PY" - "$WHEELS/plan.json" <<'PY'
+import importlib.metadata as m, json, sys
+from packaging.specifiers import SpecifierSet
+for p in json.load(open(sys.argv[1]))["packages"]:
+    try:
+        have = m.version(p["name"])
+    except m.PackageNotFoundError:
+        have = None
+    ok = have is not None and SpecifierSet(p["range"]).contains(have, prereleases=True)
+    fit = "fits" if ok else ("absent" if have is None else "OUTSIDE")
+    print(f"{p['name']:<16} {have or '-':<12} {p['range'] or '(any)':<28} {fit:<8} {p['kind']}")
+PY
+}
+
 main() {
+  echo "== image ($("$PY" -V 2>&1); name, version, range asked, fits, plan)"
+  image_versions
   echo "== install ($(date -u +%H:%M:%S))"
   install || return $?
   echo "== device"
