@@ -194,9 +194,10 @@ def test_run_sh_installs_the_wheel_offline_then_runs_the_installed_check(tmp_pat
     (wheels / "SOURCE_DIGEST").write_text(bw.source_digest() + "\n")
     out, calls = run_sh(tmp_path, wheels, "--only", "trainer")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert calls[0] == f"-m pip install -q --no-index --find-links {wheels} --no-cache-dir --no-build-isolation gptune"
-    assert calls[1] == "-m pip check"
-    assert calls[2] == (f"benchmarks/gpu_check.py --installed --budget 300 --out {tmp_path / 'out'} "
+    assert calls[0] == "-m pip uninstall -q -y gptune"  # a warm machine's earlier install is not kept
+    assert calls[1] == f"-m pip install -q --no-index --find-links {wheels} --no-cache-dir --no-build-isolation gptune"
+    assert calls[2] == "-m pip check"
+    assert calls[3] == (f"benchmarks/gpu_check.py --installed --budget 300 --out {tmp_path / 'out'} "
                         "--only trainer")
     assert "WARNING" not in out.stdout
     assert (tmp_path / "out" / "run.log").read_text() == out.stdout  # the transcript comes back with $OUT
@@ -209,7 +210,7 @@ def test_run_sh_installs_from_the_checkout_when_the_wheel_is_older(tmp_path):
     out, calls = run_sh(tmp_path, wheels)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "the gptune wheel is older than the sources here" in out.stdout
-    assert calls[0].endswith("--no-build-isolation .")
+    assert calls[1].endswith("--no-build-isolation .")
 
 
 def test_run_sh_without_a_wheelhouse_stops_before_the_check(tmp_path):
@@ -239,7 +240,7 @@ def test_run_sh_reports_the_images_versions_before_installing_and_names_the_fix_
     assert image[1].split()[2:] == ["<1", "OUTSIDE", "unverified"]
     assert image[2].split() == ["no-such-package-here", "-", "(any)", "absent", "carry"]
     assert "rebuild here with python benchmarks/device/build_wheelhouse.py --with NAME" in out.stdout
-    assert len(calls) == 1 and calls[0].startswith("-m pip install")  # no check ran after the failed install
+    assert len(calls) == 2 and calls[1].startswith("-m pip install")  # no check ran after the failed install
 
 
 # ----------------------------------------------------------------------------- gpu_check.py's budget

@@ -24,6 +24,7 @@ mkdir -p "$OUT"
 # image's packages through a .pth file, below its own, so pip installs beside them and leaves them alone.
 overlay_venv() {
   local venv=/tmp/gptune-venv image_site
+  rm -rf "$venv"  # one install per run, from the image's state
   image_site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   "$PY" -m venv --without-pip "$venv" || return 3
   echo "$image_site" > "$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/image.pth"
@@ -47,6 +48,8 @@ sys.exit(not os.access(sysconfig.get_paths()['purelib'], os.W_OK))"; then
     echo "run.sh: WARNING: the gptune wheel is older than the sources here; installing gptune from the checkout"
     from=.
   fi
+  # a warm machine may hold gptune from an earlier call, at the same version: pip would keep that one
+  "$PY" -m pip uninstall -q -y gptune >/dev/null 2>&1
   if ! "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-cache-dir --no-build-isolation "$from"; then
     echo "run.sh: the install failed; where pip names a package the image has at a version outside the range (see"
     echo "  == image), rebuild here with python benchmarks/device/build_wheelhouse.py --with NAME and carry it again"
