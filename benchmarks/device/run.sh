@@ -9,12 +9,12 @@
 # Exit status: 3 when the install fails, else gpu_check.py's (0 all passed, 1 a check failed or was
 # skipped, 2 no CUDA, 124 the hard stop).
 #
-# Environment: PYTHON (default python3, the image's), OUT (default ./device-out), GPU_CHECK_BUDGET,
+# Environment: PYTHON (default python3, the image's), OUT (default /tmp/gptune-device-out), GPU_CHECK_BUDGET,
 # GPTUNE_WHEELS (default benchmarks/device/wheels).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
-OUT=${OUT:-$PWD/device-out}
+OUT=${OUT:-/tmp/gptune-device-out}
 BUDGET=${GPU_CHECK_BUDGET:-390}
 WHEELS=${GPTUNE_WHEELS:-benchmarks/device/wheels}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONUNBUFFERED=1
