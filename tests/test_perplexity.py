@@ -335,6 +335,10 @@ model = accelerator.prepare(model)
 r = sliding_window_nll(model, ids, max_length=48, stride=16, batch_size=4, accelerator=accelerator)
 if accelerator.is_main_process:
     json.dump({"nll_sum": r.nll_sum, "tokens": r.tokens, "windows": r.windows}, open(sys.argv[1], "w"))
+accelerator.wait_for_everyone()
+# torn down before exit: left to interpreter exit, gloo's threads can abort a rank ("terminate called
+# without an active exception"), as gptune's own runners avoid in training.run.finish
+torch.distributed.destroy_process_group()
 """
 
 
