@@ -298,17 +298,20 @@ def markdown_table(head: list[str], body: list[list]) -> str:
 
 
 def print_table(rows: list[dict], title: str = "") -> None:
+    print(table_text(rows, title), end="")
+    sys.stdout.flush()
+
+
+def table_text(rows: list[dict], title: str = "") -> str:
+    """The rows as a markdown table (title above, notes below), as print_table shows them."""
     head = ["workload", "metric", "gptune median (min-max)", "peer", "peer median (min-max)", "ratio", "target"]
     body = [[r["workload"], r["metric"], _cell(r["gptune"], r["digits"]), r["peer_name"],
              _cell(r["peer"], r["digits"]), fmt(r["ratio"], 2) + "x" if r["ratio"] == r["ratio"] else "-",
              r["target"]] for r in rows]
-    if title:
-        print(f"\n{title}")
-    print(markdown_table(head, body))
-    for r in rows:
-        if r["note"]:
-            print(f"  - {r['workload']} / {r['metric']}: {r['note']}")
-    sys.stdout.flush()
+    out = [f"\n{title}"] if title else []
+    out.append(markdown_table(head, body))
+    out += [f"  - {r['workload']} / {r['metric']}: {r['note']}" for r in rows if r["note"]]
+    return "\n".join(out) + "\n"
 
 
 def cpu_name() -> str:
