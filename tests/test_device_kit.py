@@ -248,7 +248,12 @@ def test_run_sh_reports_the_images_versions_before_installing_and_names_the_fix_
 
 @pytest.fixture(scope="module")
 def gc():
-    return _load(ROOT / "benchmarks" / "gpu_check.py", "gpu_check")
+    # gpu_check imports its neighbours (common, pretrain) as a script run from benchmarks/ would
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return _load(ROOT / "benchmarks" / "gpu_check.py", "gpu_check")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_the_budget_keeps_time_for_the_checks_still_to_come(gc):
