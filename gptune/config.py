@@ -3,9 +3,9 @@ source of ``gptune recipes docs``) and range checks in ``_checks``. Reading YAML
 into a ``Recipe`` is ``gptune.recipes``; the reference docs are ``gptune.recipe_docs``.
 
 Every section validates itself in ``__post_init__``, built from YAML or in code (``TrainConfig(lr=-1)``
-raises, naming ``train.lr``); ``Recipe`` adds the checks that span sections. ``Recipe.check_complete``
-holds what a run needs beyond valid values (a step budget, a tokenizer): the default ``Recipe()`` is valid
-but not runnable. While ``gptune.recipes`` builds a recipe it collects every problem (``collecting``) and
+raises, naming ``train.lr``). ``Recipe.check_complete`` holds what a run needs beyond valid values (a step
+budget, a tokenizer): the default ``Recipe()`` is valid but not runnable. What needs the model's own config
+(``data.block_size`` against its context) is checked by the runner before the run folder exists. While ``gptune.recipes`` builds a recipe it collects every problem (``collecting``) and
 reports them all at once.
 
 No torch import here: ``gptune --help`` and ``gptune recipes validate`` stay fast.
@@ -323,15 +323,6 @@ class Recipe:
     """Fine-tuning task (fine-tuning only)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters (fine-tuning only)."""
-
-    def __post_init__(self):
-        report(list(self._checks()))
-
-    def _checks(self):
-        """What spans sections (each message names the key to change)."""
-        if self.lora.merge and not self.lora.enabled:
-            yield ("lora.merge: folds LoRA adapters into the model, and lora.enabled is false (a full fine-tune's "
-                   "final/ is already a full model); drop --merge or pass --lora")
 
     def check_complete(self) -> None:
         """What a run needs beyond valid values, all reported at once (the default ``Recipe()`` lacks both)."""

@@ -181,6 +181,8 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     set_threads()
     recipe, task = prepare_recipe(recipe, reuse=bool(resume) or overwrite)
     merge = recipe.lora.merge if merge is None else merge
+    if merge and not recipe.lora.enabled:
+        say("  --merge: nothing to fold in, a full fine-tune's final/ is already a full model")
     run = Run(recipe, resume=resume, overwrite=overwrite, command=command, started=t0)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.name_or_path,
