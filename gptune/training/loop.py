@@ -22,6 +22,7 @@ from gptune.console import MetricsWriter, make_progress
 from gptune.distributed import agree
 from gptune.errors import GptuneError, Interrupted, NonFiniteLoss
 from gptune.faults import NO_FAULTS, Faults
+from gptune.hardware import resolve_mixed_precision
 from gptune.training.checkpoint import Checkpointer, TrainState
 
 
@@ -120,8 +121,9 @@ def _deepspeed_plugin(cfg: TrainConfig, accum: int):
 
 def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     """An Accelerator whose gradient accumulation keeps ``train.global_batch_size`` whatever the
-    number of processes: accumulation = global / (micro x processes). Mixed precision: the recipe's
-    ``train.mixed_precision`` when set, else the launcher's."""
+    number of processes: accumulation = global / (micro x processes). Mixed precision:
+    ``train.mixed_precision`` resolved by ``hardware.resolve_mixed_precision`` (``auto``: the launcher's,
+    else by the device)."""
     from datetime import timedelta
 
     from accelerate import Accelerator
@@ -153,8 +155,7 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     if cfg.trackers and run_dir is not None:
         kwargs = dict(log_with=cfg.trackers, project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                                 logging_dir=str(run_dir / "logs")))
-    if cfg.mixed_precision is not None:
-        kwargs["mixed_precision"] = cfg.mixed_precision
+    kwargs["mixed_precision"] = resolve_mixed_precision(cfg.mixed_precision)[0]
     if engine == "deepspeed":
         kwargs["deepspeed_plugin"] = _deepspeed_plugin(cfg, accum)
     acc = Accelerator(
