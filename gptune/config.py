@@ -220,7 +220,7 @@ class TrainConfig(Checked):
     """Autocast precision through Accelerate. ``auto``: the launcher's bf16/fp16 when it names one
     (``accelerate launch --mixed_precision``, an Accelerate config file), else bf16 on a GPU or a CPU with
     native bf16 (``avx512_bf16``/``amx_bf16``), else fp32 (``no``); the run says which in its first lines
-    and writes the resolved value to recipe.yaml. bf16 on a CPU without bf16 units is 70-150x slower (it
+    and writes the resolved value to recipe.yaml. bf16 on a CPU without bf16 units is 10-150x slower (it
     warns)."""
     compile: bool = False
     """``torch.compile`` the model (first steps slower while it compiles)."""

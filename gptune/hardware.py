@@ -3,7 +3,7 @@ and ``train.mixed_precision: auto`` resolved against them.
 
 "Native bf16" means the chip multiplies bf16 at least as fast as fp32: a CUDA device that supports bf16,
 or a CPU flagged ``avx512_bf16`` / ``amx_bf16`` (x86) or ``bf16`` (Arm). Elsewhere PyTorch emulates bf16
-matmuls, measured 70-150x slower than fp32 (benchmarks/NOTES.md, "CPUs"). ``GPTUNE_NATIVE_BF16=1|0``
+matmuls, measured 50-150x slower than fp32 (benchmarks/NOTES.md, "Where a step goes"). ``GPTUNE_NATIVE_BF16=1|0``
 overrides the detection (the test suite pins 0, so its numbers are fp32 on every machine).
 """
 
@@ -17,7 +17,6 @@ from pathlib import Path
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16, x86 AMX tiles, Arm (FEAT_BF16)
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16")
-EMULATED_SLOWDOWN = "70-150x"  # bf16 / fp32 step time measured on CPUs without bf16 units (NOTES.md)
 
 
 def _cpuinfo() -> list[str]:
@@ -143,14 +142,18 @@ def resolve_mixed_precision(value: str | None) -> tuple[str, str]:
     return "no", f"precision: fp32 (auto: {_device()} has no native bf16)"
 
 
-def precision_warning(resolved: str) -> str | None:
-    """One line when bf16 was asked for where it is emulated (and so far slower than fp32)."""
+def precision_warning(resolved: str, asked: str = "train.mixed_precision=bf16",
+                      instead: str = "set it to auto or no") -> str | None:
+    """One line when bf16 was asked for (``asked``) where it is emulated, with the slowdown of its matmuls
+    measured now (a fraction of a second)."""
     import torch
 
     if resolved != "bf16" or native_bf16() or torch.cuda.is_available():
         return None
-    return (f"train.mixed_precision=bf16 on {_device()}, which has no native bf16 (no "
-            f"avx512_bf16/amx_bf16): expect steps ~{EMULATED_SLOWDOWN} slower than fp32; set it to auto or no")
+    fp32, bf16 = matmul_gflops("float32", 0.1, 512), matmul_gflops("bfloat16", 0.1, 512)
+    return (f"{asked} on {_device()}, which has no native bf16 (no avx512_bf16/amx_bf16): its matmuls measured "
+            f"{fp32 / bf16:.0f}x slower than fp32 here ({bf16:.1f} vs {fp32:.0f} GFLOP/s), so expect steps up to "
+            f"that much slower; {instead}")
 
 
 def _device() -> str:

@@ -6,6 +6,7 @@ losses within bf16's rounding. The device's capability is faked through GPTUNE_N
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_bf16_autocast_losses_stay_within_two_per_mille_of_fp32(tmp_path, monkey
         assert code == 0, err
         warned = [x for x in err.splitlines() if "no native bf16" in x]
         if mp == "bf16":  # GPTUNE_NATIVE_BF16=0 (conftest): one line, with the expected slowdown
-            assert len(warned) == 1 and "70-150x slower than fp32" in warned[0], err
+            assert len(warned) == 1 and re.search(r"measured \d+x slower than fp32 here", warned[0]), err
             assert "train.mixed_precision=bf16" in warned[0]
         else:
             assert not warned

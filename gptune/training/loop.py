@@ -174,14 +174,15 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     return acc
 
 
-def inference_accelerator():
+def inference_accelerator(mixed_precision: str = "no"):
     """The Accelerator of a run that only evaluates (``eval --task``/``--ppl``, ``predict``): no optimizer, no
-    accumulation. On CPU it asks for the CPU state first: only then do launched CPU processes form a group."""
+    accumulation; ``mixed_precision`` applies inside ``accelerator.autocast()``. On CPU it asks for the CPU
+    state first: only then do launched CPU processes form a group."""
     from accelerate import Accelerator, PartialState
 
     cpu = not torch.cuda.is_available()
     PartialState(cpu=cpu)
-    return Accelerator(cpu=cpu)
+    return Accelerator(cpu=cpu, **({} if mixed_precision == "no" else {"mixed_precision": mixed_precision}))
 
 
 def compile_in_place(model: torch.nn.Module) -> None:
