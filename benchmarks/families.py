@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, measured_machine  # noqa: E402
+# the script's own folder is on sys.path; gptune is the installed package
+from common import machine_line, measured_machine
 
 SHAPES = {  # n_layer, n_embd, n_head, batch, seq, vocab
     "tiny": (2, 32, 4, 8, 64, 320),

@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, measured_machine  # noqa: E402
+from common import machine_line, measured_machine  # the script's own folder is on sys.path
 
 GROUPS = ("matmuls", "attention", "LM head + cross-entropy", "norms/activations", "optimizer", "data")
 ARCH = dict(vocab_size=50257, n_embd=384, n_layer=6, n_head=6, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)

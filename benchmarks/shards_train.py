@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     from gptune.training.loop import EpochSampler
 
     recipe = load_recipe(a.recipe, None, a.sets)
-    tok = load_pretrain_tokenizer(recipe, recipe.run_dir)
+    tok = load_pretrain_tokenizer(recipe.model, recipe.data, recipe.run_dir, seed=recipe.seed)
     data = prepare_lm_data(recipe.data, tok, seed=recipe.seed)
     mm = data.train
     ram = InRamBlocks(np.stack([mm.block_ids(i) for i in range(len(mm))]))

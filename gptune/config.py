@@ -426,12 +426,6 @@ class Recipe:
 
     def _checks(self):
         """What spans sections (each message names the key to change)."""
-        m, d = self.model, self.data
-        context = m.config.n_positions  # filled from the preset; a config file's own is read at run time
-        if m.name_or_path is None and m.config_file is None and context and d.block_size > context \
-                and not {"n_positions", "max_position_embeddings"} & set(m.config.extra):
-            yield (f"data.block_size={d.block_size} is larger than the model's context "
-                   f"(model.config.n_positions={m.config.n_positions}); lower it or raise model.config.n_positions")
         if self.lora.merge and not self.lora.enabled:
             yield ("lora.merge: folds LoRA adapters into the model, and lora.enabled is false (a full fine-tune's "
                    "final/ is already a full model); drop --merge or pass --lora")

@@ -51,7 +51,7 @@ def test_gradient_checkpointing_is_accepted_for_openai_gpt_in_a_recipe(tiny_toke
 
     r = build_recipe({"model": {"arch": "openai-gpt", "gradient_checkpointing": True, "tokenizer": tiny_tokenizer_dir,
                                 "config": {"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 32}},
-                      "data": {"path": "books", "block_size": 32}, "train": {"max_steps": 1}})
+                      "data": {"path": "books"}, "train": {"max_steps": 1}})
     lm = build_causal_lm(r.model, AutoTokenizer.from_pretrained(tiny_tokenizer_dir))  # raised ValueError before
     assert all(callable(b.__dict__.get("forward")) for b in lm.transformer.h)
 

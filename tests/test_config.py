@@ -152,22 +152,13 @@ def test_a_section_built_in_code_validates_itself_naming_the_key():
 
 
 def test_cross_section_checks_run_in_code_and_from_yaml_all_at_once():
-    from gptune.config import ArchConfig, DataConfig, LoraConfig, ModelConfig
+    from gptune.config import LoraConfig
 
-    with pytest.raises(GptuneError, match=r"data\.block_size=128 is larger than the model's context "
-                                          r"\(model\.config\.n_positions=64\)"):
-        Recipe(model=ModelConfig(config=ArchConfig(n_positions=64)), data=DataConfig(block_size=128))
-    with pytest.raises(GptuneError) as e:
-        build_recipe({"model": {"tokenizer": "train", "config": {"n_positions": 64}},
-                      "data": {"block_size": 128}, "train": {"max_steps": 1, "lr": -1},
-                      "lora": {"merge": True}})
-    keys = [p.split(":")[0].split("=")[0] for p in e.value.problems]
-    assert keys == ["train.lr", "data.block_size", "lora.merge"]
-    # a pretrained model's own context is read at run time, so n_positions does not apply to it
-    assert Recipe(model=ModelConfig(name_or_path="some/model", config=ArchConfig(n_positions=64)),
-                  data=DataConfig(block_size=128)).data.block_size == 128
-    with pytest.raises(GptuneError, match="lora.merge"):
+    with pytest.raises(GptuneError, match=r"^lora\.merge: folds LoRA adapters"):
         Recipe(lora=LoraConfig(merge=True))
+    with pytest.raises(GptuneError) as e:
+        build_recipe({"model": {"tokenizer": "train"}, "train": {"max_steps": 1, "lr": -1}, "lora": {"r": 0, "merge": True}})
+    assert [p.split(":")[0] for p in e.value.problems] == ["train.lr", "lora.r", "lora.merge"]
 
 
 def test_the_default_recipe_is_valid_but_not_complete():
@@ -177,14 +168,16 @@ def test_the_default_recipe_is_valid_but_not_complete():
     assert [p.split(":")[0] for p in e.value.problems] == ["model.tokenizer", "train.max_steps"]
 
 
-def test_a_run_refuses_block_size_beyond_a_pretrained_context_before_writing(tmp_path, monkeypatch,
-                                                                            tiny_model_dir):
+@pytest.mark.parametrize("pretrained", [False, True], ids=["random-init", "pretrained"])
+def test_a_run_refuses_block_size_beyond_the_context_before_writing(tmp_path, monkeypatch, tiny_model_dir,
+                                                                     pretrained):
     from gptune.runners.pretrain import run_pretrain
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.txt").write_text("a few words of text\n" * 50)
-    r = build_recipe({"model": {"name_or_path": tiny_model_dir}, "out_dir": "runs/ctx",
-                      "data": {"path": "a.txt", "block_size": 128}, "train": {"max_steps": 1}})
-    with pytest.raises(GptuneError, match=r"data\.block_size=128 is larger than the model's context \(64\)"):
+    model = {"name_or_path": tiny_model_dir} if pretrained else {"tokenizer": "train", "config": {"n_positions": 64}}
+    r = build_recipe({"model": model, "out_dir": "runs/ctx", "data": {"path": "a.txt", "block_size": 128},
+                      "train": {"max_steps": 1}})
+    with pytest.raises(GptuneError, match=r"data\.block_size=128 is larger than the model's context \(64, "):
         run_pretrain(r)
     assert not (tmp_path / "runs").exists()  # refused before the run folder (or a tokenizer, shards) exists

@@ -299,7 +299,7 @@ def test_lora_trains_exactly_the_familys_default_targets_and_the_new_rows(family
     recipe = build_recipe({"model": {"name_or_path": folder, "config": {"dropout": 0.0}},
                            "task": {"name": "rte", "clf_dropout": 0.0}, "lora": {"enabled": True, "dropout": 0.0},
                            "train": {"max_steps": 1}})
-    model = build_task_model(recipe, get_task("rte"), tok, special)
+    model = build_task_model(recipe.model, recipe.task, recipe.lora, get_task("rte"), tok, special)
     pre = "lm.base_model.model."
     expected = {"clf_head.weight", "clf_head.bias"}
     expected |= {f"{pre}{m}.token_adapter.trainable_tokens_delta.default" for m in NEW_ROWS[family]}

@@ -139,7 +139,7 @@ def test_lora_trainable_set_is_exact_and_gradients_reach_head_and_new_rows(tok, 
                            "task": {"name": "rte", "clf_dropout": 0.0},
                            "lora": {"enabled": True, "target_modules": "all-linear"},
                            "train": {"max_steps": 1}})
-    model = build_task_model(recipe, task, tokenizer, special_ids)
+    model = build_task_model(recipe.model, recipe.task, recipe.lora, task, tokenizer, special_ids)
     pre = "lm.base_model.model."  # the adapter sits on the bare LM; the head beside it, outside PEFT
     expected = {"clf_head.weight", "clf_head.bias", f"{pre}transformer.wte.token_adapter.trainable_tokens_delta.default"}
     for layer in range(2):

@@ -66,7 +66,7 @@ def test_lm_loss_mean_reaches_the_task_model(tiny_model_dir, tiny_tokenizer_dir)
         recipe = build_recipe({"model": {"name_or_path": tiny_model_dir, "config": {"dropout": 0.0}},
                                "train": {"max_steps": 1}, "task": {"lm_loss_mean": mean, "clf_dropout": 0.0}})
         torch.manual_seed(0)
-        model = build_task_model(recipe, task, tok, ids).eval()
+        model = build_task_model(recipe.model, recipe.task, recipe.lora, task, tok, ids).eval()
         with torch.no_grad():
             out = model(**batch)
             logits = model.lm(input_ids=batch["input_ids"][:, 0], attention_mask=batch["attention_mask"][:, 0]).logits
@@ -115,7 +115,7 @@ def test_new_token_rows_normal_init_has_gpt1_std_and_mean_init_sits_at_the_mean(
         ids = add_task_tokens(tok)
         recipe = build_recipe({"model": {"name_or_path": tiny_model_dir}, "train": {"max_steps": 1},
                                "task": {"new_token_init": mode}})
-        emb = build_task_model(recipe, get_task("rte"), tok, ids).get_input_embeddings().weight.detach()
+        emb = build_task_model(recipe.model, recipe.task, recipe.lora, get_task("rte"), tok, ids).get_input_embeddings().weight.detach()
         n_old = emb.shape[0] - 3
         new = emb[n_old:]
         if mode in rows:

@@ -465,7 +465,7 @@ def test_tokenizer_training_reads_a_capped_sample(tmp_path):
     mp = pytest.MonkeyPatch()
     mp.setattr(sources_mod.Source, "sample", spy)
     try:
-        tok = load_pretrain_tokenizer(r, tmp_path / "run")
+        tok = load_pretrain_tokenizer(r.model, r.data, tmp_path / "run", seed=r.seed)
     finally:
         mp.undo()
     assert len(tok) == 300 and (tmp_path / "run" / "tokenizer").is_dir()

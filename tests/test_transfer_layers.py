@@ -37,7 +37,7 @@ def _build(model_dir, k):
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = add_task_tokens(tok)
     torch.manual_seed(0)
-    return build_task_model(recipe, get_task("sst2"), tok, ids).lm
+    return build_task_model(recipe.model, recipe.task, recipe.lora, get_task("sst2"), tok, ids).lm
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])

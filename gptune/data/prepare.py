@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from gptune.config import DataConfig, Recipe
+from gptune.config import DataConfig, ModelConfig
 from gptune.console import make_byte_progress, say
 from gptune.data.books import corpus_path
 from gptune.data.cache import entry_dir, entry_key, write_atomic
@@ -107,20 +107,19 @@ class LMData:
 # ----------------------------------------------------------------------------- entry points
 
 
-def load_pretrain_tokenizer(recipe: Recipe, run_dir: Path):
+def load_pretrain_tokenizer(m: ModelConfig, d: DataConfig, run_dir: Path, *, seed: int):
     """The run's tokenizer; ``model.tokenizer=train`` trains one on a capped, corpus-wide sample of
     ``data.path`` (saved in ``run_dir/tokenizer``, reused when it exists)."""
     from gptune.tokenization import load_tokenizer
 
-    spec = recipe.model.tokenizer or recipe.model.name_or_path
-    d, m = recipe.data, recipe.model
+    spec = m.tokenizer or m.name_or_path
     texts = None
     if spec == "train":
         source = open_source(corpus_path(d.path, d.cache_dir), text_column=d.text_column, fallback_encoding=d.fallback_encoding,
                              revision=d.revision)
 
         def texts():
-            return source.sample(m.tokenizer_train_bytes, seed=recipe.seed)
+            return source.sample(m.tokenizer_train_bytes, seed=seed)
 
     return load_tokenizer(spec, run_dir=run_dir, train_texts=texts, vocab_size=m.vocab_size,
                           trust_remote_code=m.trust_remote_code)

@@ -170,24 +170,10 @@ def sliding_window_nll(
     """
     import torch
 
-    if input_ids.dim() != 1:
-        raise GptuneError(
-            f"input_ids must be 1-D (the whole tokenized text), got shape {tuple(input_ids.shape)}"
-        )
-    if input_ids.numel() < 2:
-        raise GptuneError(f"the text has {input_ids.numel()} token(s): perplexity needs at least 2 tokens")
-    if batch_size < 1:
-        raise GptuneError(f"batch_size must be >= 1, got {batch_size}")
+    _check_inputs(input_ids, batch_size)
     inner = accelerator.unwrap_model(model) if accelerator is not None else model
     text_tokens = input_ids.numel()
-    if prefix_token is None:
-        max_length, stride = resolve_windowing(inner.config, max_length, stride)
-        windows = plan_windows(input_ids.numel(), max_length, stride)
-    else:
-        max_length = resolve_windowing(inner.config, max_length)[0]
-        stride = max_length
-        input_ids = torch.cat([input_ids.new_tensor([prefix_token]), input_ids])
-        windows = plan_rolling_windows(input_ids.numel(), max_length)
+    input_ids, windows, max_length, stride = _plan(inner.config, input_ids, max_length, stride, prefix_token)
     rank, world = (
         (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     )
@@ -229,6 +215,30 @@ def sliding_window_nll(
         prefix_token=prefix_token,
         text_tokens=text_tokens,
     )
+
+
+def _check_inputs(input_ids, batch_size: int) -> None:
+    if input_ids.dim() != 1:
+        raise GptuneError(
+            f"input_ids must be 1-D (the whole tokenized text), got shape {tuple(input_ids.shape)}"
+        )
+    if input_ids.numel() < 2:
+        raise GptuneError(f"the text has {input_ids.numel()} token(s): perplexity needs at least 2 tokens")
+    if batch_size < 1:
+        raise GptuneError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _plan(config, input_ids, max_length: int | None, stride: int | None, prefix_token: int | None):
+    """(ids to score, windows, max_length, stride): the guide's sliding windows, or with ``prefix_token``
+    prepended lm-eval's rolling ones (stride = max_length)."""
+    import torch
+
+    if prefix_token is None:
+        max_length, stride = resolve_windowing(config, max_length, stride)
+        return input_ids, plan_windows(input_ids.numel(), max_length, stride), max_length, stride
+    max_length = resolve_windowing(config, max_length)[0]
+    input_ids = torch.cat([input_ids.new_tensor([prefix_token]), input_ids])
+    return input_ids, plan_rolling_windows(input_ids.numel(), max_length), max_length, max_length
 
 
 def _missing_passes(mine: int, world: int, device) -> int:

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptune.config import Recipe
+from gptune.config import LoraConfig, ModelConfig, TaskConfig
 from gptune.errors import GptuneError
 from gptune.tasks import TaskSpec
 from gptune.transforms import SpecialIds
@@ -99,25 +99,23 @@ def prepare_base(spec: str, tokenizer, *, flag: str, trust_remote_code: bool = F
     return lm
 
 
-def build_task_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids: SpecialIds | None):
-    """Base LM + task head (+ LoRA) for training, from the recipe."""
+def build_task_model(mcfg: ModelConfig, tcfg: TaskConfig, lcfg: LoraConfig, task: TaskSpec, tokenizer,
+                     special_ids: SpecialIds | None):
+    """Base LM + task head (+ LoRA) for training, from the ``model``, ``task`` and ``lora`` sections."""
     from gptune.modeling.gpt import enable_gradient_checkpointing, reinit_blocks_above
     from gptune.modeling.heads import GPT1TaskModel
     from gptune.modeling.lora import apply_lora
 
-    lm = prepare_base(recipe.model.name_or_path, tokenizer, flag="--model",
-                      trust_remote_code=recipe.model.trust_remote_code, dropout=recipe.model.config.dropout,
-                      new_token_init=recipe.task.new_token_init)
-    if recipe.model.transfer_layers is not None:
-        reinit_blocks_above(lm, recipe.model.transfer_layers)
-    if recipe.model.gradient_checkpointing:
+    lm = prepare_base(mcfg.name_or_path, tokenizer, flag="--model", trust_remote_code=mcfg.trust_remote_code,
+                      dropout=mcfg.config.dropout, new_token_init=tcfg.new_token_init)
+    if mcfg.transfer_layers is not None:
+        reinit_blocks_above(lm, mcfg.transfer_layers)
+    if mcfg.gradient_checkpointing:
         enable_gradient_checkpointing(lm)
-    if recipe.lora.enabled:
+    if lcfg.enabled:
         new_ids = [] if special_ids is None else [special_ids.start, special_ids.delim, special_ids.extract]
-        lm = apply_lora(lm, recipe.lora, new_ids)
-    model = GPT1TaskModel(lm, task, lm_coef=recipe.task.lm_coef, clf_dropout=recipe.task.clf_dropout,
-                          lm_loss_mean=recipe.task.lm_loss_mean)
-    return model
+        lm = apply_lora(lm, lcfg, new_ids)
+    return GPT1TaskModel(lm, task, lm_coef=tcfg.lm_coef, clf_dropout=tcfg.clf_dropout, lm_loss_mean=tcfg.lm_loss_mean)
 
 
 def base_reference(spec: str, folder: Path) -> str:

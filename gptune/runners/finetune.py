@@ -157,7 +157,7 @@ def build_model(recipe: Recipe, task: TaskSpec, tokenizer, special_ids):
     from gptune.modeling.gpt import context_length
     from gptune.modeling.task_io import build_task_model
 
-    model = build_task_model(recipe, task, tokenizer, special_ids)
+    model = build_task_model(recipe.model, recipe.task, recipe.lora, task, tokenizer, special_ids)
     if recipe.train.compile:
         compile_in_place(model)
     context = context_length(_lm_config(model))

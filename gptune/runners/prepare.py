@@ -19,7 +19,7 @@ def run_prepare(recipe: Recipe):
         say(f"prepare: data {corpus}")
     recipe = dataclasses.replace(recipe, data=data_cfg)
     fetch_corpus(recipe.data)
-    tokenizer = load_pretrain_tokenizer(recipe, recipe.run_dir)
+    tokenizer = load_pretrain_tokenizer(recipe.model, recipe.data, recipe.run_dir, seed=recipe.seed)
     data = prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed)
     say(data.stats.summary(data.folder))
     return data

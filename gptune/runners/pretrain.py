@@ -123,23 +123,26 @@ def save_final(accelerator, model, tokenizer, run: Run, metrics: dict) -> Path:
 
 
 def check_context(recipe: Recipe) -> None:
-    """``data.block_size`` against a pretrained model's (or ``model.config_file``'s) context, before the run
-    folder exists (a random init's context is ``model.config.n_positions``, which ``Recipe`` checks itself)."""
+    """``data.block_size`` against the model's context, before the run folder exists: a random init's
+    ``model.config.n_positions``, a pretrained model's (or ``model.config_file``'s) own config. Pretraining's
+    check alone: ``data.block_size`` means nothing to a fine-tuning recipe."""
     spec = recipe.model.name_or_path or recipe.model.config_file
     if spec is None:
-        return
-    from transformers import AutoConfig
+        a = recipe.model.config
+        context = a.extra.get("max_position_embeddings", a.extra.get("n_positions", a.n_positions))
+    else:
+        from transformers import AutoConfig
 
-    from gptune.modeling.gpt import context_length
+        from gptune.modeling.gpt import context_length
 
-    try:
-        config = AutoConfig.from_pretrained(spec, trust_remote_code=recipe.model.trust_remote_code)
-    except (OSError, ValueError):
-        return  # not readable here: loading the model names the problem
-    context = context_length(config)
+        try:
+            context = context_length(AutoConfig.from_pretrained(spec, trust_remote_code=recipe.model.trust_remote_code))
+        except (OSError, ValueError):
+            return  # not readable here: loading the model names the problem
     if context is not None and recipe.data.block_size > context:
+        where = "model.config.n_positions" if spec is None else spec
         raise GptuneError(f"data.block_size={recipe.data.block_size} is larger than the model's context "
-                          f"({context}); lower it")
+                          f"({context}, {where}); lower it" + (" or raise model.config.n_positions" if spec is None else ""))
 
 
 def build_model(recipe: Recipe, tokenizer):
@@ -183,7 +186,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     set_seed(recipe.seed)
     fetch_corpus(recipe, accelerator)
     with accelerator.main_process_first():  # the main process trains/saves the tokenizer, the others reuse it
-        tokenizer = load_pretrain_tokenizer(recipe, run.dir)
+        tokenizer = load_pretrain_tokenizer(recipe.model, recipe.data, run.dir, seed=recipe.seed)
     model = build_model(recipe, tokenizer)
     data = load_lm_data(recipe, tokenizer, accelerator)
     describe(model, data, recipe.data.block_size)
