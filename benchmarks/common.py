@@ -134,7 +134,9 @@ class Worker:
         self.conn, child = ctx.Pipe()
         self.log = log_dir / f"{name.replace(' ', '_').replace('/', '_')}.log"
         self.log.write_text("")
-        self.proc = ctx.Process(target=_serve, args=(child, str(self.log), target, kwargs), daemon=True)
+        # not a daemon: a contender may start its own pools (gptune's tokenizer workers, datasets.map);
+        # the driver stops every worker in a finally
+        self.proc = ctx.Process(target=_serve, args=(child, str(self.log), target, kwargs))
         self.proc.start()
         self.windows: list[list[float]] = []
         self.result: dict = {}
