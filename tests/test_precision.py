@@ -120,3 +120,16 @@ def test_bf16_autocast_losses_stay_within_two_per_mille_of_fp32(tmp_path, monkey
     print(f"fp32 {losses['no']}\nbf16 {losses['bf16']}\nmax |diff| {max(diffs):.4g}")
     assert losses["no"] != losses["bf16"]  # autocast really ran in bf16
     assert max(d / a for d, a in zip(diffs, losses["no"], strict=True)) < 2e-3  # measured: 6e-5
+
+
+def test_the_machine_line_names_the_cpu_its_bf16_flags_and_both_measured_peaks(monkeypatch):
+    from gptune import hardware
+
+    monkeypatch.setattr(hardware, "cpu_model", lambda: "Fake Xeon 8480")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"sse2", "avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    m = hardware.Machine.measure(budget_s=0.02)  # 128^3 products: milliseconds
+    assert m.flags == ("avx2", "avx512f", "avx512_bf16", "amx_bf16") and m.native_bf16
+    assert m.peak_fp32_gflops > 0 and m.peak_bf16_gflops > 0
+    assert m.peak("bf16") == m.peak_bf16_gflops and m.peak("no") == m.peak_fp32_gflops
+    line = m.line()
+    assert line.startswith("Fake Xeon 8480 | flags avx2 avx512f avx512_bf16 amx_bf16 |") and "(native bf16)" in line
