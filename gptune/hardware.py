@@ -133,7 +133,7 @@ def resolve_mixed_precision(value: str | None) -> tuple[str, str]:
     ``auto`` (or absent): the launcher's bf16/fp16 when it names one (``accelerate launch
     --mixed_precision``, an Accelerate config file), else bf16 where the device has native bf16, else fp32."""
     if value not in (None, "auto"):
-        return value, f"precision: {value} (train.mixed_precision)"
+        return value, f"precision: {'fp32' if value == 'no' else value} (train.mixed_precision: {value})"
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if launcher in ("bf16", "fp16"):
         return launcher, f"precision: {launcher} (auto: the launcher's mixed_precision)"
