@@ -8,7 +8,7 @@ import re
 
 from packaging.requirements import Requirement
 
-EXTRAS = {"", "dev", "deepspeed"}
+EXTRAS = {"", "dev", "deepspeed", "clean"}
 seen: dict[str, str] = {}
 todo = [Requirement(r) for r in md.requires("gptune") or []]
 while todo:

@@ -65,6 +65,35 @@ def hwm_mb() -> float | None:
     return None
 
 
+def run_measured(cmd: list[str], name: str) -> dict:
+    """Run `cmd` (a child that prints one JSON line last) and sample the memory of its process tree every
+    0.2 s: its JSON plus ``peak_tree_mb`` (PSS: pages shared by forked workers counted once),
+    ``peak_tree_rss_mb`` (the plain RSS sum) and the mean load average meanwhile."""
+    import subprocess
+
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPTUNE_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    root = psutil.Process(proc.pid)
+    peak, peak_rss, loads = 0, 0, []
+    while proc.poll() is None:
+        try:
+            tree = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_full_info().pss for p in tree))
+            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree))
+        except psutil.Error:
+            pass
+        loads.append(os.getloadavg()[0])
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"{name} failed:\n{err[-3000:]}")
+    res = json.loads(out.strip().splitlines()[-1])
+    res.update(peak_tree_mb=peak / 2**20, peak_tree_rss_mb=peak_rss / 2**20, load_avg=sum(loads) / max(len(loads), 1))
+    return res
+
+
 # ----------------------------------------------------------------------------- pacing
 
 
@@ -278,24 +307,29 @@ def _cell(s: dict | None, digits: int) -> str:
     return fmt(s["median"], digits)
 
 
+def markdown_table(head: list[str], body: list[list]) -> str:
+    """A Markdown table, columns padded to their widest cell."""
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(b) for b in body])
+
+
 def print_table(rows: list[dict], title: str = "") -> None:
+    print(table_text(rows, title), end="")
+    sys.stdout.flush()
+
+
+def table_text(rows: list[dict], title: str = "") -> str:
+    """The rows as a markdown table (title above, notes below), as print_table shows them."""
     head = ["workload", "metric", "gptune median (min-max)", "peer", "peer median (min-max)", "ratio", "target"]
     body = [[r["workload"], r["metric"], _cell(r["gptune"], r["digits"]), r["peer_name"],
              _cell(r["peer"], r["digits"]), fmt(r["ratio"], 2) + "x" if r["ratio"] == r["ratio"] else "-",
              r["target"]] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"  # noqa: E731
-    if title:
-        print(f"\n{title}")
-    print(f"machine: {machine_line()}")
-    print(line(head))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for b in body:
-        print(line(b))
-    for r in rows:
-        if r["note"]:
-            print(f"  - {r['workload']} / {r['metric']}: {r['note']}")
-    sys.stdout.flush()
+    out = [f"\n{title}"] if title else []
+    out.append(f"machine: {machine_line()}")
+    out.append(markdown_table(head, body))
+    out += [f"  - {r['workload']} / {r['metric']}: {r['note']}" for r in rows if r["note"]]
+    return "\n".join(out) + "\n"
 
 
 def machine() -> dict:

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from itertools import chain
 from pathlib import Path
 
-from common import Stat, data_root, print_table, row, write_json
+from common import Stat, data_root, print_table, row, run_measured, write_json
 
 BLOCK = 256
 WORKERS = 2
@@ -113,31 +111,10 @@ def child_run_clm(corpus: Path, tokenizer_dir: str, cache: Path) -> dict:
 
 
 def measure(name: str, corpus: Path, tokenizer_dir: str, cache: Path) -> dict:
-    """Run one contender in a child process; its wall time and the peak RSS of its process tree."""
-    import psutil
-
+    """Run one contender in a child process; its wall time and the peak memory of its process tree."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--corpus", str(corpus),
            "--tokenizer", tokenizer_dir, "--cache", str(cache)]
-    env = {**os.environ, "GPTUNE_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    root = psutil.Process(proc.pid)
-    peak, peak_rss, loads = 0, 0, []
-    while proc.poll() is None:
-        try:
-            tree = [root] + root.children(recursive=True)
-            # PSS: pages shared by forked workers (torch, the tokenizer) count once over the tree, not per process
-            peak = max(peak, sum(p.memory_full_info().pss for p in tree))
-            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in tree))
-        except psutil.Error:
-            pass
-        loads.append(os.getloadavg()[0])
-        time.sleep(0.2)
-    out, err = proc.communicate()
-    if proc.returncode:
-        raise SystemExit(f"{name} failed:\n{err[-3000:]}")
-    res = json.loads(out.strip().splitlines()[-1])
-    res.update(peak_tree_mb=peak / 2**20, peak_tree_rss_mb=peak_rss / 2**20, load_avg=sum(loads) / max(len(loads), 1))
-    return res
+    return run_measured(cmd, name)
 
 
 def run(*, quick: bool, data: str | None = None, sizes=None, peer_sizes=None, work: str | None = None,

@@ -43,6 +43,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch):
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=0, atol=1e-6, msg=name)
 
 
+def test_gradient_checkpointing_uses_the_old_switch_where_transformers_has_only_that():
+    from gptune.modeling.gpt import enable_gradient_checkpointing
+
+    calls = []
+
+    class Old(torch.nn.Module):  # transformers 5.17 (the GPU machines' image): no activation_checkpointing_enable
+        supports_gradient_checkpointing = True
+
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+            calls.append(gradient_checkpointing_kwargs)
+
+    enable_gradient_checkpointing(Old())
+    assert calls == [{"use_reentrant": False}]
+
+
 def test_gradient_checkpointing_is_accepted_for_openai_gpt_in_a_recipe(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 

@@ -1,9 +1,9 @@
 """Tokenize a stream of texts in bounded batches, in worker processes, with exactly the ids of the whole texts.
 
 Each text is cut into pieces (``split_exact``), pieces are grouped into batches of about ``batch_chars``
-characters, and each batch is encoded by one of ``num_proc`` worker processes with the tokenizers batch
-API. At most ``2 * num_proc`` batches are in flight, so memory does not grow with the corpus; results come
-back in input order.
+characters, and each batch is encoded by one of ``num_proc`` worker processes (``gptune.data.workers``)
+with the tokenizers batch API. At most ``2 * num_proc`` batches are in flight, so memory does not grow with
+the corpus; results come back in input order.
 
 Why pieces are exact for GPT-2 byte-level BPE: BPE merges never cross a pre-token, so cutting the
 text where a pre-token boundary is guaranteed gives the same ids as tokenizing it whole. GPT-2's
@@ -20,14 +20,13 @@ SentencePiece-style tokenizers that prepend a space marker it is close but not e
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import re
-from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+
+from gptune.data.workers import ordered_map
 
 PIECE_CHARS = 8192  # pieces of about this size: many per batch, so batches stay even
 BATCH_CHARS = 1 << 20  # characters per worker batch: big enough to amortise a process hand-off
@@ -89,41 +88,12 @@ def _init_worker(tokenizer: Any) -> None:
     _worker_tokenizer = tokenizer
 
 
-def _encode_batch(pieces: list[str], tokenizer: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def _encode_batch(pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(all ids of the batch concatenated, ids per piece): two arrays, cheap to send between processes."""
-    ids = encode_ids(tokenizer or _worker_tokenizer, pieces)
+    ids = encode_ids(_worker_tokenizer, pieces)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter((t for x in ids for t in x), dtype=np.uint32, count=int(lengths.sum()))
     return flat, lengths
-
-
-class _Inline:
-    """The pool interface, run in this process (num_proc 1)."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-
-    def submit(self, pieces: list[str]):
-        result = _encode_batch(pieces, self.tokenizer)
-        return type("Done", (), {"get": staticmethod(lambda: result)})
-
-    def close(self) -> None:
-        pass
-
-
-class _Pool:
-    def __init__(self, tokenizer: Any, num_proc: int):
-        # fork: the workers inherit the tokenizer instead of unpickling it; elsewhere spawn pickles it
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker: num_proc is the knob
-        self.pool = multiprocessing.get_context(method).Pool(num_proc, _init_worker, (tokenizer,))
-
-    def submit(self, pieces: list[str]):
-        return self.pool.apply_async(_encode_batch, (pieces,))
-
-    def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
 
 
 def encode_texts(
@@ -136,35 +106,26 @@ def encode_texts(
 ) -> Iterator[tuple[Any, np.ndarray]]:
     """``(tag, ids)`` for each ``(tag, text)`` of `items`, in order; ids are a uint32 array."""
     batch_chars = batch_chars or BATCH_CHARS
-    pool = _Pool(tokenizer, num_proc) if num_proc > 1 else _Inline(tokenizer)
-    pending: deque = deque()  # (list of (tag, pieces in this text), async result)
-    pieces: list[str] = []
-    meta: list[tuple[Any, int]] = []
-    chars = 0
 
-    def drain_one() -> Iterator[tuple[Any, np.ndarray]]:
-        batch_meta, result = pending.popleft()
-        flat, lengths = result.get()
-        bounds = np.concatenate([[0], np.cumsum(lengths)])
-        p = 0
-        for tag, n in batch_meta:
-            yield tag, flat[bounds[p] : bounds[p + n]]
-            p += n
-
-    try:
+    def batches() -> Iterator[tuple[list[tuple[Any, int]], list[str]]]:
+        pieces: list[str] = []
+        meta: list[tuple[Any, int]] = []  # (tag, pieces in this text)
+        chars = 0
         for tag, text in items:
             parts = split_exact(text, piece_chars) if text else []
             pieces += parts
             meta.append((tag, len(parts)))
             chars += len(text)
             if chars >= batch_chars:
-                pending.append((meta, pool.submit(pieces)))
+                yield meta, pieces
                 pieces, meta, chars = [], [], 0
-                while len(pending) > 2 * num_proc:
-                    yield from drain_one()
         if meta:
-            pending.append((meta, pool.submit(pieces)))
-        while pending:
-            yield from drain_one()
-    finally:
-        pool.close()
+            yield meta, pieces
+
+    for batch_meta, (flat, lengths) in ordered_map(_encode_batch, batches(), num_proc=num_proc,
+                                                   init=_init_worker, initargs=(tokenizer,)):
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        p = 0
+        for tag, n in batch_meta:
+            yield tag, flat[bounds[p] : bounds[p + n]]
+            p += n

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,6 +36,8 @@ from gptune.config import DataConfig, ModelConfig
 from gptune.console import make_byte_progress, say
 from gptune.data.books import corpus_path
 from gptune.data.cache import entry_dir, entry_key, write_atomic
+from gptune.data.clean import CLEAN_REPORT, CleanReport, Verdict, clean_stream, require_libraries
+from gptune.data.dedup import DedupIndex
 from gptune.data.encode import encode_texts, tail_cut
 from gptune.data.shards import StreamWriter, TokenBlocks, TokenStream, token_dtype
 from gptune.data.sources import Source, open_source
@@ -48,7 +50,7 @@ FORMAT_VERSION = 2  # bump when the shard format or the packing rule changes
 SHARD_TOKENS = 1 << 24  # tokens per shard file (32 MB as uint16), rounded down to whole blocks
 _CHECKPOINT_SECONDS = 2.0  # state.json at most this often (and whenever a shard fills)
 _POLL_SECONDS = 0.5
-"""Test hook: the main process waits for this many other processes to be polling before it prepares."""
+DEDUP_FILE = "dedup.sig"
 
 
 @dataclass
@@ -72,9 +74,11 @@ class PackStats:
     disk_bytes: int = 0
     """Bytes of the shard files."""
     text_bytes: int = 0
-    """Characters of text tokenized (about its bytes: UTF-8 English is nearly one byte a character)."""
+    """Characters of text read (about its bytes: UTF-8 English is nearly one byte a character)."""
     seconds: float = 0.0
     """Wall time of the preparation (0 when it was already prepared)."""
+    kept_documents: int | None = None
+    """Documents that cleaning (``data.clean``) kept; None when cleaning is off."""
     cached: bool = False
     """True when the shards were already prepared (no tokenization ran)."""
 
@@ -83,8 +87,9 @@ class PackStats:
         if self.seconds > 0:
             rate = (f" in {self.seconds:.1f} s ({self.text_bytes / 1e6 / self.seconds:.1f} MB/s, "
                     f"{self.tokens / 1e6 / self.seconds:.2f}M tokens/s)")
+        kept = "" if self.kept_documents is None else f" ({self.kept_documents:,} kept by data.clean)"
         return (f"{'prepared' if not self.cached else 'already prepared'}: {self.tokens:,} tokens from "
-                f"{self.documents:,} documents -> {self.blocks_train:,} train / {self.blocks_val:,} val blocks, "
+                f"{self.documents:,} documents{kept} -> {self.blocks_train:,} train / {self.blocks_val:,} val blocks, "
                 f"{self.shards} shard(s), {self.disk_bytes / 1e6:.1f} MB{rate} -> {folder}")
 
 
@@ -134,6 +139,8 @@ def prepare_lm_data(data: DataConfig, tokenizer: Any, *, seed: int, main: bool =
     """
     if tokenizer.eos_token_id is None:
         raise GptuneError("the tokenizer has no EOS token (load it with gptune.tokenization.load_tokenizer)")
+    if data.clean.enabled:
+        require_libraries(data.clean)
     train_src = open_source(corpus_path(data.path, data.cache_dir), "data.path", text_column=data.text_column,
                             fallback_encoding=data.fallback_encoding, revision=data.revision)
     val_src = None
@@ -230,6 +237,7 @@ def _key(data: DataConfig, tokenizer: Any, seed: int, split: str, shard_tokens: 
         "max_tokens": data.max_tokens,
         "fallback_encoding": data.fallback_encoding,
         "shard_tokens": shard_tokens,
+        **({"clean": asdict(data.clean)} if data.clean.enabled else {}),  # absent when off: keys stay as before
     })
 
 
@@ -270,48 +278,94 @@ def _held_out(i: int, seed: int, fraction: float) -> bool:
     return int.from_bytes(h, "little") / 2**64 < fraction
 
 
-def _items(train_src: Source, val_src: Source | None, split: str, fraction: float, seed: int,
-           skip: int, counter: dict) -> Iterator[tuple[tuple[int, str, bool], str]]:
-    """``((document index, stream, last part of the document), text)`` for every document from `skip` on."""
+class _Part(NamedTuple):
+    """The tag of a piece of text on its way to the shards."""
+
+    doc: int
+    """Document index in corpus order (train source, then val_path)."""
+    stream: str
+    """``train`` or ``val``."""
+    last: bool
+    """The document's last part (its tail-split train part comes first)."""
+    chars: int
+    """Characters of the document as read (on the last part; 0 on others)."""
+    verdict: Verdict | None = None
+    """What cleaning made of the document (``data.clean`` on): kept, or the rule that dropped it."""
+
+
+def _documents(train_src: Source, val_src: Source | None, skip: int) -> Iterator[tuple[tuple[int, bool], str]]:
+    """``((document index, from data.val_path), text)`` for every document from `skip` on."""
     sources = [(train_src, False)] + ([(val_src, True)] if val_src else [])
     i = 0
     for src, is_val in sources:
         for text in src.documents():
             if i >= skip:
-                counter["chars"] += len(text)
-                if is_val:
-                    yield (i, "val", True), text
-                elif split == "tail":
-                    cut = tail_cut(text, fraction)
-                    if cut < len(text):
-                        yield (i, "train", False), text[:cut]
-                        yield (i, "val", True), text[cut:]
-                    else:
-                        yield (i, "train", True), text
-                elif split == "documents":
-                    yield (i, "val" if _held_out(i, seed, fraction) else "train", True), text
-                else:
-                    yield (i, "train", True), text
+                yield (i, is_val), text
             i += 1
+
+
+def _cleaned(docs: Iterator[tuple[tuple[int, bool], str]], data: DataConfig, index: DedupIndex | None
+             ) -> Iterator[tuple[tuple[int, bool, int, Verdict | None], str]]:
+    """Each document with its character count and, when ``data.clean`` is on, its cleaned text and verdict."""
+    if not data.clean.enabled:
+        for (i, is_val), text in docs:
+            yield (i, is_val, len(text), None), text
+        return
+    counted = (((i, is_val, len(text)), text) for (i, is_val), text in docs)
+    for (i, is_val, chars), text, verdict in clean_stream(counted, data.clean, num_proc=data.num_proc, index=index,
+                                                         doc_of=lambda tag: tag[0]):
+        yield (i, is_val, chars, verdict), text
+
+
+def _items(docs: Iterator[tuple[tuple[int, bool, int, Verdict | None], str]], split: str, fraction: float,
+           seed: int) -> Iterator[tuple[_Part, str]]:
+    """The validation rule: each document (or its tail) tagged for the ``train`` or ``val`` stream."""
+    for (i, is_val, chars, verdict), text in docs:
+        if verdict is not None and verdict.rule is not None:
+            yield _Part(i, "train", True, chars, verdict), ""  # dropped: nothing is written, the report counts it
+        elif is_val:
+            yield _Part(i, "val", True, chars, verdict), text
+        elif split == "tail":
+            cut = tail_cut(text, fraction)
+            if cut < len(text):
+                yield _Part(i, "train", False, 0), text[:cut]
+                yield _Part(i, "val", True, chars, verdict), text[cut:]
+            else:
+                yield _Part(i, "train", True, chars, verdict), text
+        elif split == "documents":
+            yield _Part(i, "val" if _held_out(i, seed, fraction) else "train", True, chars, verdict), text
+        else:
+            yield _Part(i, "train", True, chars, verdict), text
+
+
+def _resume_state(partial: Path, state_file: Path) -> dict:
+    """The state an interrupted preparation in `partial` recorded; else a fresh one (and an empty folder)."""
+    fresh = {"documents": 0, "chars": 0, "streams": {}, "clean": CleanReport().to_dict(), "dedup_kept": 0}
+    state = fresh
+    if state_file.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            state = {**fresh, **json.loads(state_file.read_text())}
+        say(f"prepare: resuming an interrupted preparation after {state['documents']:,} documents")
+    elif partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    return state
 
 
 def _build(partial: Path, train_src: Source, val_src: Source | None, tokenizer: Any, data: DataConfig, *,
            seed: int, split: str, shard_tokens: int, progress: bool) -> dict:
     dtype = token_dtype(len(tokenizer))
     state_file = partial / "state.json"
-    fresh = {"documents": 0, "chars": 0, "streams": {}}
-    state = fresh
-    if state_file.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            state = json.loads(state_file.read_text())
-        say(f"prepare: resuming an interrupted preparation after {state['documents']:,} documents")
-    elif partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
+    state = _resume_state(partial, state_file)
     names = ["train"] + (["val"] if split in ("tail", "documents", "path") else [])
     writers = {n: StreamWriter(partial, n, dtype, shard_tokens, **state["streams"].get(n, {})) for n in names}
     eos = np.asarray([tokenizer.eos_token_id], dtype=dtype)
-    counter = {"chars": state["chars"]}
+    c = data.clean
+    index = None
+    if c.dedup != "none":  # records past the resumed state are cut off
+        index = DedupIndex(partial / DEDUP_FILE, c.dedup, num_perm=c.num_perm, threshold=c.near_threshold,
+                           kept=state["dedup_kept"])
+    report = CleanReport.from_dict(state["clean"])
     snapshot = dict(state)
     last_save = time.monotonic()
 
@@ -320,40 +374,58 @@ def _build(partial: Path, train_src: Source, val_src: Source | None, tokenizer: 
             w.flush()
         write_atomic(state_file, json.dumps(snap))
 
-    items = _items(train_src, val_src, split, data.val_fraction, seed, state["documents"], counter)
+    docs = _cleaned(_documents(train_src, val_src, state["documents"]), data, index)
+    items = _items(docs, split, data.val_fraction, seed)
     total = train_src.bytes if data.max_tokens is None else None
     encoded = encode_texts(items, tokenizer, num_proc=data.num_proc)
-    with make_byte_progress() as bar, contextlib.closing(encoded):  # closing: stop the workers on a break
-        task = bar.add_task("tokenizing", total=total, completed=state["chars"], info="", visible=progress)
-        t0, tokens0 = time.perf_counter(), sum(w.tokens for w in writers.values())
-        for (doc, stream, last), ids in encoded:
-            w = writers[stream]
-            shards = w.shards
-            w.append(ids)
-            w.append(eos)
-            w.end_document()
-            if not last:
-                continue
-            snapshot = {"documents": doc + 1, "chars": counter["chars"],
-                        "streams": {n: {"tokens": x.tokens, "documents": x.documents} for n, x in writers.items()}}
-            tokens = sum(x.tokens for x in writers.values())
-            rate = (tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, completed=counter["chars"], info=f"{rate / 1e6:.2f}M tok/s")
-            if w.shards != shards or time.monotonic() - last_save > _CHECKPOINT_SECONDS:
-                save(snapshot)
-                last_save = time.monotonic()
-            if data.max_tokens is not None and writers["train"].tokens >= data.max_tokens:
-                break
+    chars, dedup_kept = state["chars"], state["dedup_kept"]
+    try:
+        with make_byte_progress() as bar, contextlib.closing(encoded):  # closing: stop the workers on a break
+            label = "cleaning + tokenizing" if c.enabled else "tokenizing"
+            task = bar.add_task(label, total=total, completed=chars, info="", visible=progress)
+            t0, tokens0, docs0 = time.perf_counter(), sum(w.tokens for w in writers.values()), state["documents"]
+            for part, ids in encoded:
+                w = writers[part.stream]
+                shards = w.shards
+                if part.verdict is None or part.verdict.rule is None:
+                    w.append(ids)
+                    w.append(eos)
+                    w.end_document()
+                if not part.last:
+                    continue
+                chars += part.chars
+                if part.verdict is not None:
+                    report.add(part.doc, part.verdict)
+                    dedup_kept = part.verdict.kept_after
+                snapshot = {"documents": part.doc + 1, "chars": chars,
+                            "streams": {n: {"tokens": x.tokens, "documents": x.documents} for n, x in writers.items()},
+                            "clean": report.to_dict(), "dedup_kept": dedup_kept}
+                seconds = max(time.perf_counter() - t0, 1e-9)
+                tokens = sum(x.tokens for x in writers.values())
+                bar.update(task, completed=chars, info=f"{(part.doc + 1 - docs0) / seconds:,.0f} docs/s "
+                                                       f"{(tokens - tokens0) / seconds / 1e6:.2f}M tok/s")
+                if w.shards != shards or time.monotonic() - last_save > _CHECKPOINT_SECONDS:
+                    save(snapshot)
+                    last_save = time.monotonic()
+                if data.max_tokens is not None and writers["train"].tokens >= data.max_tokens:
+                    break
+    finally:
+        if index is not None:
+            index.close()
     save(snapshot)
     for w in writers.values():
         w.close()
+    if c.enabled:
+        (partial / CLEAN_REPORT).write_text(json.dumps(report.to_dict(), indent=1))
+    (partial / DEDUP_FILE).unlink(missing_ok=True)  # only an unfinished preparation needs it
     return _finish(partial, writers, data, seed=seed, split=split, shard_tokens=shard_tokens, dtype=dtype,
                    documents=snapshot["documents"], chars=snapshot["chars"],
+                   kept=report.kept if c.enabled else None,
                    files=len(train_src.files) + (len(val_src.files) if val_src else 0))
 
 
 def _finish(partial: Path, writers: dict[str, StreamWriter], data: DataConfig, *, seed: int, split: str,
-            shard_tokens: int, dtype: np.dtype, documents: int, chars: int, files: int) -> dict:
+            shard_tokens: int, dtype: np.dtype, documents: int, chars: int, kept: int | None, files: int) -> dict:
     """meta.json content: stream lengths (train capped at data.max_tokens), blocks, the blocks-mode split."""
     block = data.block_size
     n_train = writers["train"].tokens
@@ -392,6 +464,7 @@ def _finish(partial: Path, writers: dict[str, StreamWriter], data: DataConfig, *
     disk = sum(p.stat().st_size for p in partial.glob("*.bin"))
     stats = PackStats(files=files, documents=documents, tokens=n_train + streams.get("val", {}).get("tokens", 0),
                       blocks_train=blocks_train, blocks_val=blocks_val, dropped_tokens=dropped,
-                      shards=len(list(partial.glob("*.bin"))), disk_bytes=disk, text_bytes=chars)
+                      shards=len(list(partial.glob("*.bin"))), disk_bytes=disk, text_bytes=chars,
+                      kept_documents=kept)
     return {"version": FORMAT_VERSION, "block_size": block, "val_split": split, "streams": streams,
             "stats": asdict(stats)}

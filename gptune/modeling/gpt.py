@@ -54,7 +54,10 @@ def enable_gradient_checkpointing(lm: nn.Module) -> None:
     import types
 
     if lm.supports_gradient_checkpointing:
-        lm.activation_checkpointing_enable({"use_reentrant": False})
+        # newer transformers (5.25) name it activation_checkpointing_enable and deprecate the old name, the
+        # only one 5.17 (the GPU machines' image) has
+        enable = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
         return
     for block in decoder_blocks(lm)[1]:
         block.forward = types.MethodType(_checkpointed_forward, block)

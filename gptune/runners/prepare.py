@@ -12,6 +12,7 @@ from gptune.console import say
 def run_prepare(recipe: Recipe):
     """Prepare (or find prepared) the shards of ``recipe.data``; returns the ``LMData``."""
     from gptune.data.books import choose_corpus, fetch_corpus
+    from gptune.data.clean import report_clean
     from gptune.data.prepare import load_pretrain_tokenizer, prepare_lm_data
 
     data_cfg, corpus = choose_corpus(recipe.data)
@@ -21,5 +22,6 @@ def run_prepare(recipe: Recipe):
     fetch_corpus(recipe.data)
     tokenizer = load_pretrain_tokenizer(recipe.model, recipe.data, recipe.run_dir, seed=recipe.seed)
     data = prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed)
+    report_clean(data.folder, recipe.run_dir)
     say(data.stats.summary(data.folder))
     return data

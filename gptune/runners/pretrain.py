@@ -37,10 +37,14 @@ def fetch_corpus(recipe: Recipe, accelerator) -> None:
 
 def load_lm_data(recipe: Recipe, tokenizer, accelerator):
     """The memory-mapped token shards; the main process prepares them when missing while the others poll
-    for them (no barrier: a long preparation cannot hit a collective timeout)."""
+    for them (no barrier: a long preparation cannot hit a collective timeout). With ``data.clean`` on, its
+    report is printed and copied into the run folder."""
+    from gptune.data.clean import report_clean
     from gptune.data.prepare import prepare_lm_data
 
-    return prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed, main=accelerator.is_main_process)
+    data = prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed, main=accelerator.is_main_process)
+    report_clean(data.folder, recipe.run_dir)
+    return data
 
 
 def build_loaders(recipe: Recipe, data):

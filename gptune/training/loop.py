@@ -383,6 +383,8 @@ def _log(acc, state: TrainState, window: _Sums, scheduler) -> dict:
     logged = {k: float(acc.reduce(v / max(window.n, 1), "mean").item()) for k, v in window.parts.items()}
     logged.update(lr=scheduler.get_last_lr()[0], tokens=state.tokens, epoch=state.epoch,
                   tokens_per_s=tok / max(dt, 1e-9))
+    if acc.device.type == "cuda":  # the allocator's high-water mark on this process's GPU (no sync)
+        logged["cuda_peak_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
     return logged
 
 
