@@ -9,6 +9,8 @@ machine hits both, and only one contender computes at any moment.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -161,7 +163,9 @@ class Worker:
         self.conn, child = ctx.Pipe()
         self.log = log_dir / f"{name.replace(' ', '_').replace('/', '_')}.log"
         self.log.write_text("")
-        self.proc = ctx.Process(target=_serve, args=(child, str(self.log), target, kwargs), daemon=True)
+        # not a daemon: a contender may start its own pools (gptune's tokenizer workers, datasets.map);
+        # the driver stops every worker in a finally
+        self.proc = ctx.Process(target=_serve, args=(child, str(self.log), target, kwargs))
         self.proc.start()
         self.windows: list[list[float]] = []
         self.result: dict = {}
@@ -247,19 +251,32 @@ def rates(windows: list[list[float]], units_per_step: float | list) -> Stat:
     return Stat([units_per_step * len(w) / sum(w) for w in windows])
 
 
-def measure_peak_gflops(n: int = 2048, repeats: int = 4) -> float:
-    """fp32 matmul throughput (GFLOP/s) of this machine now: best of ``repeats`` n x n x n products."""
+def measure_peak_gflops(dtype: str = "float32") -> float:
+    """Matmul throughput (GFLOP/s) of this machine now in ``dtype`` (``gptune.hardware.matmul_gflops``)."""
+    from gptune.hardware import matmul_gflops
+
+    return matmul_gflops(dtype, budget_s=1.0)
+
+
+@functools.cache
+def measured_machine():
+    """The CPU, its ISA flags and fp32/bf16 matmul peaks, measured once, at the first call (a benchmark's
+    start): every table and JSON carries them."""
+    from gptune.hardware import Machine
+
+    return Machine.measure(budget_s=1.0)
+
+
+def machine_line() -> str:
+    """The machine a figure was measured on, for a table's header and NOTES.md."""
+    return (f"{measured_machine().line()} | {os.cpu_count()} CPUs, torch threads {_threads()}, "
+            f"load average {os.getloadavg()[0]:.1f}")
+
+
+def _threads() -> int:
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
-    torch.mm(a, b, out=c)
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b, out=c)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
+    return torch.get_num_threads()
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -309,24 +326,16 @@ def table_text(rows: list[dict], title: str = "") -> str:
              _cell(r["peer"], r["digits"]), fmt(r["ratio"], 2) + "x" if r["ratio"] == r["ratio"] else "-",
              r["target"]] for r in rows]
     out = [f"\n{title}"] if title else []
+    out.append(f"machine: {machine_line()}")
     out.append(markdown_table(head, body))
     out += [f"  - {r['workload']} / {r['metric']}: {r['note']}" for r in rows if r["note"]]
     return "\n".join(out) + "\n"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; elsewhere what ``platform`` says)."""
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def machine() -> dict:
     import torch
 
-    return {"cpu": cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
+    return {**dataclasses.asdict(measured_machine()), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "cuda": torch.cuda.is_available(), "platform": platform.platform(),
             "load_avg": os.getloadavg()}

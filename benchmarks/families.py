@@ -12,11 +12,11 @@ times each family through the model's own logits (the fallback for a family outs
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-from common import cpu_name  # the script's own folder is on sys.path; gptune is the installed package
+# the script's own folder is on sys.path; gptune is the installed package
+from common import machine_line, measured_machine
 
 SHAPES = {  # n_layer, n_embd, n_head, batch, seq, vocab
     "tiny": (2, 32, 4, 8, 64, 320),
@@ -53,6 +53,7 @@ def main(argv=None) -> None:
     p.add_argument("--full-logits", action="store_true", help="also time each family through its full logits")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    measured_machine()  # the peaks, before the steps
     shape = SHAPES[a.shape]
     n_layer, n_embd, n_head, batch, seq, vocab = shape
     contenders = {f: build(f, shape) for f in FAMILIES}
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
             opt.zero_grad(set_to_none=True)
             if i >= 3:
                 times[name].append(time.perf_counter() - t)
-    cpu = f"{cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    cpu = machine_line()
     print(f"one training step, {n_layer} layers x {n_embd} wide, {n_head} heads, {batch} x {seq} tokens, "
           f"vocab {vocab}, {a.steps} interleaved steps, {a.threads} thread(s), torch {torch.__version__}, {cpu}")
     print("| family | parameters | step median (ms) | min-max (ms) | paired ratio to gpt2 (median) |")

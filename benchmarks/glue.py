@@ -66,7 +66,7 @@ def gptune_worker(pacer, *, task: str, model: str, glue_dir: str, out_dir: str, 
         "data": {"cache_dir": str(Path(out_dir).parent / "task-cache")},
         "train": {"max_steps": max_steps, "micro_batch_size": BATCH, "global_batch_size": BATCH,
                   "lr": 6.25e-5, "schedule": "linear", "warmup": 0.002, "eval_every": 0, "save_every": 0,
-                  "log_every": 50},
+                  "log_every": 50, "mixed_precision": "no"},  # fp32, as run_glue without --bf16
         "lora": {"enabled": lora},
     })
     summary = rf.run_finetune(recipe, overwrite=True)

@@ -3,10 +3,12 @@
 ``Trainer`` with ``TrainingArguments`` defaults and ``default_data_collator``).
 
 Same model for both: GPT-2 architecture, 6 layers, 384 wide, 6 heads, vocab 50257 (GPT-2 tokenizer),
-context 256, dropout 0, fp32; micro-batch 8 sequences of 256 tokens, one optimizer step per micro-batch,
-AdamW, gradient clipping at 1.0 (both defaults). Each side runs its real loop in its own process.
+context 256, dropout 0; micro-batch 8 sequences of 256 tokens, one optimizer step per micro-batch,
+AdamW, gradient clipping at 1.0 (both defaults). Each side runs its real loop in its own process, at the
+same precision: fp32 (``train.mixed_precision: no``) or ``--precision bf16`` (``bf16`` / the Trainer's
+``bf16=True``). MFU is against the matmul peak of that precision, measured between windows.
 
-    python benchmarks/pretrain.py --quick
+    python benchmarks/pretrain.py --quick [--precision bf16]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from common import (
     alternate,
     data_root,
     measure_peak_gflops,
+    measured_machine,
     print_table,
     rates,
     row,
@@ -60,7 +63,11 @@ def _corpus(data: Path, work: Path) -> Path:
 # ----------------------------------------------------------------------------- contenders (worker side)
 
 
-def gptune_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_steps: int, compile: bool = False):
+MIXED = {"fp32": "no", "bf16": "bf16"}  # --precision -> train.mixed_precision
+
+
+def gptune_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_steps: int, compile: bool = False,
+                  precision: str = "fp32"):
     import torch
 
     import gptune.runners.pretrain as rp
@@ -80,13 +87,14 @@ def gptune_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_steps
         "data": {"path": corpus, "block_size": SEQ, "val_fraction": 0.0, "num_proc": 2,
                  "cache_dir": str(Path(out_dir).parent / "pack-cache")},
         "train": {"max_steps": max_steps, "micro_batch_size": MICRO, "global_batch_size": MICRO,
-                  "eval_every": 0, "save_every": 0, "log_every": 50, "compile": compile},
+                  "eval_every": 0, "save_every": 0, "log_every": 50, "compile": compile,
+                  "mixed_precision": MIXED[precision]},
     })
     rp.run_pretrain(recipe, overwrite=True)
     return {}
 
 
-def trainer_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_steps: int):
+def trainer_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_steps: int, precision: str = "fp32"):
     """run_clm.py's data path and Trainer setup, with the arguments it would get from the command line
     ``--model_type gpt2 --config_overrides ... --per_device_train_batch_size 8 --block_size 256``."""
     from itertools import chain
@@ -105,7 +113,7 @@ def trainer_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_step
     )
 
     args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=MICRO, max_steps=max_steps,
-                             report_to="none", seed=0)
+                             report_to="none", seed=0, bf16=precision == "bf16", use_cpu=True)
     set_seed(args.seed)
     files = sorted(str(p) for p in Path(corpus).glob("*.txt"))
     raw = load_dataset("text", data_files={"train": files}, keep_linebreaks=True,
@@ -148,7 +156,8 @@ def trainer_worker(pacer, *, corpus: str, tokenizer: str, out_dir: str, max_step
 # ----------------------------------------------------------------------------- driver (parent side)
 
 
-def run(*, quick: bool, data: str | None = None, out_dir: Path | None = None, compile: bool = False) -> list[dict]:
+def run(*, quick: bool, data: str | None = None, out_dir: Path | None = None, compile: bool = False,
+        precision: str = "fp32") -> list[dict]:
     root = data_root(data)
     warm, steps, rounds = (2, 3, 3) if quick else (2, 8, 6)
     total = warm + steps * rounds + 1  # +1: an untimed last step, so the timed ones end before the final save
@@ -157,8 +166,8 @@ def run(*, quick: bool, data: str | None = None, out_dir: Path | None = None, co
     tokenizer = str(root / "tokenizers" / "gpt2-hf")
     log_dir = out_dir or (Path(__file__).resolve().parent / "results")
     log_dir.mkdir(parents=True, exist_ok=True)
-    common = dict(corpus=str(corpus), tokenizer=tokenizer, max_steps=total)
-    ours_name = "gptune (compile)" if compile else "gptune"
+    common = dict(corpus=str(corpus), tokenizer=tokenizer, max_steps=total, precision=precision)
+    ours_name = ("gptune (compile)" if compile else "gptune") + ("" if precision == "fp32" else f" {precision}")
     workers = [Worker(ours_name, "pretrain:gptune_worker", log_dir, out_dir=str(work / "gptune"),
                       compile=compile, **common),
                Worker("HF Trainer (run_clm)", "pretrain:trainer_worker", log_dir, out_dir=str(work / "trainer"),
@@ -166,7 +175,8 @@ def run(*, quick: bool, data: str | None = None, out_dir: Path | None = None, co
     peaks: list[float] = []
     try:
         windows = alternate(workers, warmup_steps=warm, steps=steps, rounds=rounds,
-                            between=lambda: peaks.append(measure_peak_gflops()))
+                            between=lambda: peaks.append(measure_peak_gflops("bfloat16" if precision == "bf16"
+                                                                             else "float32")))
         reports = {w.name: w.finish() for w in workers}
     finally:
         for w in workers:
@@ -180,10 +190,10 @@ def run(*, quick: bool, data: str | None = None, out_dir: Path | None = None, co
     rss = lambda n, k: reports[n].get(k, float("nan"))  # noqa: E731
     rows = [
         row("pretrain", "tokens/s", ours, peer, "HF Trainer (run_clm)", target=">= 1.10x"),
-        row("pretrain", "MFU (% of measured fp32 peak)", mfu(Stat([100 * v for v in ours.values])),
+        row("pretrain", f"MFU (% of measured {precision} peak)", mfu(Stat([100 * v for v in ours.values])),
             mfu(Stat([100 * v for v in peer.values])), "HF Trainer (run_clm)", target="gptune >= 70%", digits=1,
-            note=f"{fpt / 1e6:.1f} MFLOP/token (6N + attention); peak = median of {len(peaks)} 2048^3 fp32 "
-                 f"matmuls measured between windows: {peak.median:.0f} GFLOP/s ({peak.lo:.0f}-{peak.hi:.0f})"),
+            note=f"{fpt / 1e6:.1f} MFLOP/token (6N + attention); peak = median of {len(peaks)} {precision} "
+                 f"matmul peaks measured between windows: {peak.median:.1f} GFLOP/s ({peak.lo:.1f}-{peak.hi:.1f})"),
         row("pretrain", "peak RSS, whole process (MB)", rss(ours_name, "peak_rss_mb"),
             rss("HF Trainer (run_clm)", "peak_rss_mb"), "HF Trainer (run_clm)", target="<= 0.8x",
             higher_is_better=False, note="each side in its own process; includes data loading and the final save"),
@@ -199,10 +209,12 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--full", action="store_true")
     p.add_argument("--compile", action="store_true", help="gptune with train.compile=true")
+    p.add_argument("--precision", choices=MIXED, default="fp32", help="both sides at this precision")
     p.add_argument("--data", default=None, help="data root (default $GPTUNE_DATA)")
     a = p.parse_args(argv)
-    rows = run(quick=not a.full, data=a.data, compile=a.compile)
-    print_table(rows, "pretraining")
+    measured_machine()  # CPU, flags and peaks at the start
+    rows = run(quick=not a.full, data=a.data, compile=a.compile, precision=a.precision)
+    print_table(rows, f"pretraining ({a.precision})")
     print("json:", write_json("pretrain", {"rows": rows}))
 
 

@@ -220,10 +220,12 @@ class TrainConfig(Checked):
     default 0.95 is gptune's choice, steadier at the higher learning rates of small models."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
-    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
-    """Autocast precision through Accelerate. Absent: what the launcher says (``accelerate launch
-    --mixed_precision`` or the Accelerate config file), else fp32; set: overrides the launcher. bf16 is
-    much slower on CPUs without bf16 units."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision through Accelerate. ``auto``: the launcher's bf16/fp16 when it names one
+    (``accelerate launch --mixed_precision``, an Accelerate config file), else bf16 on a GPU or a CPU with
+    native bf16 (``avx512_bf16``/``amx_bf16``), else fp32 (``no``); the run says which in its first lines
+    and writes the resolved value to recipe.yaml. bf16 on a CPU without bf16 units is 10-150x slower (it
+    warns)."""
     compile: bool = False
     """``torch.compile`` the model (first steps slower while it compiles)."""
     eval_every: int = 200

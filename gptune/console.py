@@ -43,7 +43,7 @@ def say(message: str) -> None:
 
 def warn(message: str) -> None:
     if is_main_process():
-        err_console.print(f"[yellow]warning:[/] {message}")
+        err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)  # one line, as say
 
 
 def make_progress(transient: bool = False) -> Progress:

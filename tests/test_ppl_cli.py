@@ -82,3 +82,22 @@ def test_no_run_here_says_to_pass_model(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_cli("eval", "--ppl") == 2
     assert "pass --model" in capsys.readouterr().err
+
+
+def test_eval_ppl_in_bf16_is_within_a_per_mille_of_fp32s_nll(pretrained, capsys):
+    # the same weights scored twice; bf16 autocast rounds every matmul input to 8 mantissa bits
+    from accelerate.state import AcceleratorState
+
+    assert run_cli("eval", "--ppl", "--data", "held.txt", "--json", "fp32.json") == 0
+    capsys.readouterr()
+    AcceleratorState._reset_state(True)  # one process per command in real use
+    assert run_cli("eval", "--ppl", "--data", "held.txt", "--json", "bf16.json", "--precision", "bf16") == 0
+    err = capsys.readouterr().err
+    assert "--precision bf16 on the CPU" in err and "use fp32" in err  # GPTUNE_NATIVE_BF16=0 (conftest)
+    fp32, bf16 = (json.loads((pretrained / f"{p}.json").read_text()) for p in ("fp32", "bf16"))
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    assert fp32["tokens"] == bf16["tokens"]
+    rel = abs(bf16["nll"] - fp32["nll"]) / fp32["nll"]
+    print(f"nll fp32 {fp32['nll']:.6f} bf16 {bf16['nll']:.6f} relative {rel:.2e}")
+    assert 0 < rel < 1e-3  # bf16 really ran; the stated bound (run_ppl_eval, --precision); measured 2.6e-5
+    AcceleratorState._reset_state(True)

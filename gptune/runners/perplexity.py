@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from gptune.console import say, summary_table
+from gptune.console import say, summary_table, warn
 from gptune.errors import GptuneError
 from gptune.training.checkpoint import newest_final
 
@@ -83,7 +83,9 @@ def prefix_token_id(tokenizer) -> int:
 
 def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_length: int | None = None,
                  stride: int | None = None, batch_size: int | None = None, json_path: str | None = None,
-                 prepend_eos: bool = False, base_model: str | None = None) -> dict:
+                 prepend_eos: bool = False, base_model: str | None = None, precision: str = "fp32") -> dict:
+    """``precision``: fp32, or bf16 autocast (within 0.1% of fp32's NLL on a tiny model, measured 2.6e-5:
+    tests/test_ppl_cli.py; the bf16-native CPUs and GPUs are where it is faster)."""
     from gptune.data.eval_text import encode_text, load_eval_text
     from gptune.evaluation.perplexity import (
         perplexity_report,
@@ -112,17 +114,24 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
     prefix = prefix_token_id(tokenizer) if prepend_eos else None
     max_length, stride = resolve_windowing(lm.config, max_length, max_length if prepend_eos else stride)
     say(f"eval --ppl: model {model} | data {where} | max_length {max_length}, "
-        + ("lm-eval rolling windows (EOS prepended)" if prepend_eos else f"stride {stride}"))
+        + ("lm-eval rolling windows (EOS prepended)" if prepend_eos else f"stride {stride}") + f" | {precision}")
+    from gptune.hardware import precision_warning
     from gptune.training.loop import inference_accelerator
 
-    accelerator = inference_accelerator()
+    mixed = {"fp32": "no", "bf16": "bf16"}.get(precision)
+    if mixed is None:
+        raise GptuneError(f"--precision {precision}: choose fp32 or bf16")
+    if (warning := precision_warning(mixed, "--precision bf16", "use fp32")) is not None:
+        warn(warning)
+    accelerator = inference_accelerator(mixed)
     lm = lm.to(accelerator.device)
     ids = encode_text(tokenizer, text)
-    result = sliding_window_nll(lm, ids, max_length=max_length, stride=stride, batch_size=batch_size or 8,
-                                accelerator=accelerator if accelerator.num_processes > 1 else None,
-                                prefix_token=prefix)
+    with accelerator.autocast():
+        result = sliding_window_nll(lm, ids, max_length=max_length, stride=stride, batch_size=batch_size or 8,
+                                    accelerator=accelerator if accelerator.num_processes > 1 else None,
+                                    prefix_token=prefix)
     report = perplexity_report(result, text, tokenizer)
-    report.update(model=model, data=where)
+    report.update(model=model, data=where, precision=precision)
     summary_table("perplexity", {k: report[k] for k in (
         "perplexity", "nll", "bits_per_byte", "word_perplexity", "tokens", "max_length", "stride", "windows",
         "tokens_per_second")})

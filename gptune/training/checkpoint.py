@@ -29,7 +29,7 @@ LATEST = "latest"
 RESUMABLE_CHANGES = (
     "train.max_steps", "train.epochs", "train.eval_every", "train.eval_batches", "train.save_every",
     "train.keep_last", "train.log_every", "train.tracker", "train.skip_nonfinite", "train.dist_timeout",
-    "train.num_workers", "data.num_proc",
+    "train.num_workers", "train.mixed_precision", "data.num_proc",
     "data.cache_dir", "out_dir", "task.data_dir",
 )
 

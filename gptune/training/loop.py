@@ -22,6 +22,7 @@ from gptune.console import MetricsWriter, make_progress
 from gptune.distributed import agree
 from gptune.errors import GptuneError, Interrupted, NonFiniteLoss
 from gptune.faults import NO_FAULTS, Faults
+from gptune.hardware import resolve_mixed_precision
 from gptune.training.checkpoint import Checkpointer, TrainState
 
 
@@ -120,8 +121,9 @@ def _deepspeed_plugin(cfg: TrainConfig, accum: int):
 
 def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     """An Accelerator whose gradient accumulation keeps ``train.global_batch_size`` whatever the
-    number of processes: accumulation = global / (micro x processes). Mixed precision: the recipe's
-    ``train.mixed_precision`` when set, else the launcher's."""
+    number of processes: accumulation = global / (micro x processes). Mixed precision:
+    ``train.mixed_precision`` resolved by ``hardware.resolve_mixed_precision`` (``auto``: the launcher's,
+    else by the device)."""
     from datetime import timedelta
 
     from accelerate import Accelerator
@@ -153,8 +155,7 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     if cfg.trackers and run_dir is not None:
         kwargs = dict(log_with=cfg.trackers, project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                                                 logging_dir=str(run_dir / "logs")))
-    if cfg.mixed_precision is not None:
-        kwargs["mixed_precision"] = cfg.mixed_precision
+    kwargs["mixed_precision"] = resolve_mixed_precision(cfg.mixed_precision)[0]
     if engine == "deepspeed":
         kwargs["deepspeed_plugin"] = _deepspeed_plugin(cfg, accum)
     acc = Accelerator(
@@ -173,14 +174,15 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None, *, seed: int):
     return acc
 
 
-def inference_accelerator():
+def inference_accelerator(mixed_precision: str = "no"):
     """The Accelerator of a run that only evaluates (``eval --task``/``--ppl``, ``predict``): no optimizer, no
-    accumulation. On CPU it asks for the CPU state first: only then do launched CPU processes form a group."""
+    accumulation; ``mixed_precision`` applies inside ``accelerator.autocast()``. On CPU it asks for the CPU
+    state first: only then do launched CPU processes form a group."""
     from accelerate import Accelerator, PartialState
 
     cpu = not torch.cuda.is_available()
     PartialState(cpu=cpu)
-    return Accelerator(cpu=cpu)
+    return Accelerator(cpu=cpu, **({} if mixed_precision == "no" else {"mixed_precision": mixed_precision}))
 
 
 def compile_in_place(model: torch.nn.Module) -> None:

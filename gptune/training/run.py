@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from gptune.config import Recipe
-from gptune.console import MetricsWriter, say, summary_table
+from gptune.console import MetricsWriter, say, summary_table, warn
 from gptune.data.cache import publish, write_atomic
 from gptune.faults import Faults
 from gptune.training.checkpoint import (
@@ -44,6 +44,18 @@ class RunSummary:
 
 def recipe_header(command: str) -> str:
     return f"# resolved recipe, written by gptune; replay with:\n#   {command}\n"
+
+
+def resolve_precision(recipe: Recipe) -> Recipe:
+    """``train.mixed_precision`` resolved (``auto`` by the device), said in the run's first lines, with one
+    warning before the first step when bf16 would be emulated; recipe.yaml records the resolved value."""
+    from gptune.hardware import precision_warning, resolve_mixed_precision
+
+    value, why = resolve_mixed_precision(recipe.train.mixed_precision)
+    say(f"  {why}")
+    if (warning := precision_warning(value)) is not None:
+        warn(warning)
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, mixed_precision=value))
 
 
 def check_trackers(names: list[str]) -> None:
@@ -182,7 +194,8 @@ class Run:
                  started: float | None = None, faults: Faults | None = None):
         self.t0 = started if started is not None else time.perf_counter()  # the runner's start, for the summary
         recipe.check_complete()  # a recipe built in code, not through gptune.recipes, too
-        self.recipe = recipe
+        self.recipe = resolve_precision(recipe)
+        recipe = self.recipe
         self.faults = faults if faults is not None else Faults.from_env()  # tests' injected faults, else none
         self.recipe_yaml = recipe.to_yaml(recipe_header(command))
         self.accelerator, self.dir, self.ckpt = open_run(recipe, resume=resume, overwrite=overwrite,
