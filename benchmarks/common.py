@@ -347,3 +347,21 @@ def write_json(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     path = out_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
     return path
+
+
+def interleaved_step_times(contenders: dict, ids, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of one training step (forward through ``LMWithLoss``, backward, optimizer step) of each
+    ``name: (model, optimizer)``, the contenders taking turns step by step so a busy patch of a shared machine
+    hits all of them; the first ``warmup`` rounds are not kept."""
+    times = {name: [] for name in contenders}
+    for i in range(warmup + steps):
+        for name, (model, opt) in contenders.items():
+            t = time.perf_counter()
+            loss, _ = model(ids)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return times
+

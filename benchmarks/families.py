@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 # the script's own folder is on sys.path; gptune is the installed package
-from common import machine_line, measured_machine
+from common import interleaved_step_times, machine_line, measured_machine
 
 SHAPES = {  # n_layer, n_embd, n_head, batch, seq, vocab
     "tiny": (2, 32, 4, 8, 64, 320),
@@ -61,16 +60,7 @@ def main(argv=None) -> None:
         contenders.update({f"{f} (full logits)": build(f, shape, chunked=False) for f in FAMILIES})
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
-    times = {name: [] for name in contenders}
-    for i in range(3 + a.steps):
-        for name, (model, opt) in contenders.items():
-            t = time.perf_counter()
-            loss, _ = model(ids)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i >= 3:
-                times[name].append(time.perf_counter() - t)
+    times = interleaved_step_times(contenders, ids, steps=a.steps, warmup=3)
     cpu = machine_line()
     print(f"one training step, {n_layer} layers x {n_embd} wide, {n_head} heads, {batch} x {seq} tokens, "
           f"vocab {vocab}, {a.steps} interleaved steps, {a.threads} thread(s), torch {torch.__version__}, {cpu}")

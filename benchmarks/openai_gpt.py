@@ -16,6 +16,8 @@ import argparse
 import statistics
 import time
 
+from common import interleaved_step_times
+
 SHAPES = {  # n_layer, n_embd, n_head, batch, seq, vocab
     "tiny": (2, 32, 2, 8, 64, 320),
     "books": (4, 256, 4, 8, 128, 8192),
@@ -90,16 +92,7 @@ def main(argv=None) -> None:
                   "openai-gpt sdpa": build("openai-gpt", shape, True)}
     batch, seq, vocab = shape[3], shape[4], shape[5]
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
-    times = {k: [] for k in contenders}
-    for i in range(2 + a.steps):
-        for name, (model, opt) in contenders.items():
-            t = time.perf_counter()
-            loss, _ = model(ids)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i >= 2:
-                times[name].append(time.perf_counter() - t)
+    times = interleaved_step_times(contenders, ids, steps=a.steps, warmup=2)
     n_layer, n_embd = shape[0], shape[1]
     print(f"shape {a.shape}: {n_layer} layers x {n_embd}, {batch} x {seq} tokens, vocab {vocab}, "
           f"{a.threads} thread(s), {a.steps} interleaved steps each")
