@@ -15,7 +15,8 @@ from conftest import make_text
 from gptune.config import DataConfig
 from gptune.data.books import ensure_books, strip_gutenberg_boilerplate
 from gptune.data.encode import split_exact, tail_cut
-from gptune.data.prepare import prepare_lm_data, validation_text
+from gptune.data.prepare import prepare_lm_data
+from gptune.data.prepared import validation_text
 from gptune.data.shards import StreamWriter, TokenStream
 from gptune.data.sources import discover_files, open_source
 from gptune.errors import GptuneError

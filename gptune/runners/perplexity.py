@@ -64,7 +64,8 @@ def run_validation_text(recipe: dict, tokenizer) -> tuple[str, str]:
         from gptune.data.eval_text import load_eval_text
 
         return load_eval_text(data["val_path"]), str(data["val_path"])
-    from gptune.data.prepare import prepare_lm_data, validation_text
+    from gptune.data.prepare import prepare_lm_data
+    from gptune.data.prepared import validation_text
     from gptune.recipes import build_recipe
 
     # a run from before data.val_split held out random blocks: read its recipe as it was trained

@@ -100,7 +100,7 @@ def sliding_window_val(accelerator, model, data, tokenizer, block_size: int) -> 
     documents, contiguous held-out text) with windows of block_size and stride block_size / 2
     (``gptune eval --ppl --max-length B --stride B/2`` on the run gives the same)."""
     from gptune.data.eval_text import encode_text
-    from gptune.data.prepare import validation_text
+    from gptune.data.prepared import validation_text
     from gptune.evaluation.perplexity import perplexity_report, sliding_window_nll
 
     text = validation_text(data, tokenizer)
