@@ -37,6 +37,8 @@ class ArchConfig(Checked):
     except ``dropout`` which is applied to pretrained models too). Each shape key maps to the family's
     own name (GPT-2's ``n_embd``, Llama's ``hidden_size``...)."""
 
+    _prefix = "model.config."
+
     n_layer: int | None = None
     """Number of transformer blocks (absent: the ``model.arch`` preset's, the ``model.config_file``'s, else 6)."""
     n_head: int | None = None
@@ -64,6 +66,8 @@ class ArchConfig(Checked):
 @dataclass
 class ModelConfig(Checked):
     """Which model to train and with which tokenizer."""
+
+    _prefix = "model."
 
     name_or_path: str | None = None
     """Pretrained model: a local folder (e.g. runs/books/final) or a hub id. Absent: random init from
@@ -131,6 +135,8 @@ class ModelConfig(Checked):
 class DataConfig(Checked):
     """Text for causal-LM pretraining."""
 
+    _prefix = "data."
+
     path: str = "data/books"
     """A text file, a folder of .txt/.jsonl/.csv/.parquet files, a hub dataset id (``name`` or
     ``name:config``), or ``embedded``: the 13 public-domain books shipped inside gptune (5.5 MB)."""
@@ -187,6 +193,8 @@ TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", 
 @dataclass
 class TrainConfig(Checked):
     """Optimisation: one Accelerate loop for pretraining and fine-tuning."""
+
+    _prefix = "train."
 
     max_steps: int | None = None
     """Optimizer steps to run. Absent: ``train.epochs`` passes over the data. Changing it on
@@ -299,10 +307,6 @@ class TrainConfig(Checked):
         if self.eval_batches is not None and self.eval_batches < 1:
             yield "eval_batches", f"must be >= 1, got {self.eval_batches}"
 
-
-for _section, _p in (("ArchConfig", "model.config."), ("ModelConfig", "model."), ("DataConfig", "data."),
-                    ("TrainConfig", "train.")):
-    globals()[_section]._prefix = _p
 
 
 @dataclass

@@ -25,6 +25,8 @@ class CleanConfig(Checked):
     """Cleaning each document before it is tokenized (``gptune prepare``; docs/data.md). Every rule is off
     by default; the first rule a document fails drops it, and ``clean_report.json`` counts each rule."""
 
+    _prefix = "data.clean."
+
     fix_unicode: bool = False
     """Repair mojibake and broken Unicode with ftfy (e.g. ``Ã©`` back to ``é``) before any other rule; curly
     quotes, full-width characters, ligatures and line ends are left as they are."""
@@ -106,5 +108,3 @@ class CleanConfig(Checked):
         if self.ngram < 1:
             yield "ngram", f"must be >= 1, got {self.ngram}"
 
-
-CleanConfig._prefix = "data.clean."

@@ -12,6 +12,8 @@ from gptune.checks import Checked
 class LoraConfig(Checked):
     """LoRA adapters through PEFT (used by ``gptune finetune --lora``)."""
 
+    _prefix = "lora."
+
     enabled: bool = False
     """Train LoRA adapters (plus the task head and the new special-token rows) instead of all weights."""
     r: int = 8
@@ -53,6 +55,8 @@ class LoraConfig(Checked):
 @dataclass
 class TaskConfig(Checked):
     """The supervised task for ``gptune finetune``: a GLUE task by name, or your own files."""
+
+    _prefix = "task."
 
     name: str | None = None
     """A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or a name for a custom task."""
@@ -106,5 +110,3 @@ class TaskConfig(Checked):
         if not 0 <= self.clf_dropout < 1:
             yield "clf_dropout", f"must be in [0, 1), got {self.clf_dropout}"
 
-
-LoraConfig._prefix, TaskConfig._prefix = "lora.", "task."

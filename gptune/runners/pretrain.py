@@ -35,14 +35,14 @@ def fetch_corpus(recipe: Recipe, accelerator) -> None:
             fetch(recipe.data)
 
 
-def load_lm_data(recipe: Recipe, tokenizer, accelerator):
+def load_lm_data(recipe: Recipe, tokenizer, accelerator, faults=None):
     """The memory-mapped token shards; the main process prepares them when missing while the others poll
     for them (no barrier: a long preparation cannot hit a collective timeout). With ``data.clean`` on, its
     report is printed and copied into the run folder."""
     from gptune.data.clean import report_clean
     from gptune.data.prepare import prepare_lm_data
 
-    data = prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed, main=accelerator.is_main_process)
+    data = prepare_lm_data(recipe.data, tokenizer, seed=recipe.seed, main=accelerator.is_main_process, faults=faults)
     report_clean(data.folder, recipe.run_dir)
     return data
 
@@ -192,7 +192,7 @@ def run_pretrain(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     with accelerator.main_process_first():  # the main process trains/saves the tokenizer, the others reuse it
         tokenizer = load_pretrain_tokenizer(recipe.model, recipe.data, run.dir, seed=recipe.seed)
     model = build_model(recipe, tokenizer)
-    data = load_lm_data(recipe, tokenizer, accelerator)
+    data = load_lm_data(recipe, tokenizer, accelerator, run.faults)  # the run's one Faults object
     describe(model, data, recipe.data.block_size)
     train_loader, val_loader = build_loaders(recipe, data)
     run.prepare(model, train_loader, {"validation": val_loader} if val_loader is not None else {})
