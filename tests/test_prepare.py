@@ -555,3 +555,72 @@ def test_gutenberg_boilerplate_is_stripped():
     raw = ("licence\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\nThe book.\n"
            "*** END OF THE PROJECT GUTENBERG EBOOK X ***\nmore licence")
     assert strip_gutenberg_boilerplate(raw) == "The book.\n"
+
+
+def _table_files(tmp_path, rows):
+    """The same rows (some null or empty, one a number) as .jsonl, .csv, .parquet and .json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"id": i, "body": r}) + "\n" for i, r in enumerate(rows)))
+    (tmp_path / "t.json").write_text(json.dumps([{"id": i, "body": r} for i, r in enumerate(rows)]))
+    pq.write_table(pa.table({"id": list(range(len(rows))), "body": rows}), tmp_path / "t.parquet",
+                   row_group_size=7)
+    pa.csv.write_csv(pa.table({"id": list(range(len(rows))), "body": [None if r is None else str(r) for r in rows]}),
+                     tmp_path / "t.csv")
+    return [tmp_path / f"t.{s}" for s in ("jsonl", "json", "parquet", "csv")]
+
+
+def test_table_texts_stream_in_batches_equal_to_the_whole_file(tmp_path):
+    import pyarrow.csv  # noqa: F401  (pa.csv in the helper)
+
+    from gptune.data.sources import iter_table_texts
+
+    rows = [make_text(3, seed=i) if i % 5 else ("" if i % 10 else None) for i in range(40)]
+    want = [r for r in rows if r]
+    for path in _table_files(tmp_path, rows):
+        batches = list(iter_table_texts(path, "body", batch_rows=4))
+        assert [t for b in batches for t in b] == want, path.name
+        assert max(map(len, batches)) <= 4 and len(batches) >= len(want) // 4, path.name
+    (tmp_path / "n.jsonl").write_text('{"body": 12}\n{"body": 1.5}\n')  # non-string values as their text
+    assert list(iter_table_texts(tmp_path / "n.jsonl", "body")) == [["12", "1.5"]]
+
+
+def test_a_jsonl_corpus_is_read_in_bounded_memory(tmp_path):
+    """Documents of a 48 MB .jsonl come one batch (<= 8M characters) at a time: the reader never holds the file."""
+    import tracemalloc
+
+    doc = "word " * 4000  # 20 KB
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as fh:
+        for i in range(2400):
+            fh.write(json.dumps({"text": f"{i} {doc}"}) + "\n")
+    src = open_source(str(path))
+    tracemalloc.start()
+    count = sum(1 for _ in src.documents())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert count == 2400
+    assert peak < 24 * 2**20, f"peak {peak / 2**20:.1f} MB while reading a 48 MB file"
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "json", "parquet", "csv"])
+def test_a_table_without_the_text_column_names_file_and_columns(tmp_path, suffix):
+    import pyarrow.csv  # noqa: F401
+
+    from gptune.data.sources import read_table_texts
+
+    path = {p.suffix[1:]: p for p in _table_files(tmp_path, ["a", "b"])}[suffix]
+    with pytest.raises(GptuneError, match=rf"t\.{suffix}: no column 'text' \(columns: id, body\); set data.text_column"):
+        read_table_texts(path, "text")
+
+
+def test_a_bad_jsonl_line_names_the_file_and_line(tmp_path):
+    from gptune.data.sources import read_table_texts
+
+    (tmp_path / "b.jsonl").write_text('{"text": "ok"}\n\n{"text": "cut\n')
+    with pytest.raises(GptuneError, match=r"b\.jsonl line 3: not a JSON object"):
+        read_table_texts(tmp_path / "b.jsonl", "text")
+    (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n["a list"]\n')
+    with pytest.raises(GptuneError, match=r"c\.jsonl line 2: not a JSON object"):
+        read_table_texts(tmp_path / "c.jsonl", "text")

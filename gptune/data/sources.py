@@ -25,6 +25,7 @@ TEXT_EXTENSIONS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 
 _SAMPLE_WINDOW = 1 << 16  # tokenizer-training sample: windows of 64 KB spread evenly over each file
 _ROWS_PER_BATCH = 1000
+_BATCH_CHARS = 1 << 23  # a batch of table rows also ends at 8M characters (rows may be whole books)
 
 
 # ----------------------------------------------------------------------------- files
@@ -72,47 +73,119 @@ def read_txt(path: Path, fallback_encoding: str | None = None) -> str:
     return text.removeprefix("\ufeff")  # a BOM is an encoding marker, not text
 
 
-def read_table_texts(path: Path, text_column: str) -> list[str]:
-    """The `text_column` of a .jsonl/.json/.csv/.parquet file, one string per row (nulls skipped)."""
-    import pyarrow as pa
+def iter_table_texts(path: Path, text_column: str, batch_rows: int = _ROWS_PER_BATCH) -> Iterator[list[str]]:
+    """The `text_column` of a .jsonl/.csv/.parquet/.json file, in batches of at most `batch_rows` strings
+    and about 8M characters (nulls and empty strings skipped), streamed: memory holds one batch (a parquet
+    row group, a csv block), not the file (a .json list is the
+    exception: JSON has no record boundaries, so it is parsed whole).
 
+    Errors name the file: a missing column (with the columns there are), a line that is not JSON."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-        elif suffix == ".csv":
-            import pyarrow.csv as pcsv
-
-            table = pcsv.read_csv(path)
-        elif suffix == ".jsonl":
-            import pyarrow.json as pjson
-
-            table = pjson.read_json(path)
-        else:  # .json: a list of objects, or JSON lines under a .json name
-            with path.open(encoding="utf-8") as fh:
-                try:
-                    rows = json.load(fh)
-                except json.JSONDecodeError:
-                    fh.seek(0)
-                    rows = [json.loads(line) for line in fh if line.strip()]
-            if isinstance(rows, dict):
-                rows = [rows]
-            if not all(isinstance(r, dict) for r in rows):
-                raise GptuneError(f"{path}: expected a JSON list of objects (one document per object)")
-            table = pa.Table.from_pylist(rows)
+        if suffix == ".jsonl":
+            yield from _jsonl_texts(path, text_column, batch_rows)
+            return
+        if suffix == ".json":
+            yield from _batched(_json_texts(path, text_column), batch_rows)
+            return
+        yield from _arrow_texts(path, suffix, text_column, batch_rows)
     except GptuneError:
         raise
-    except Exception as e:  # pyarrow/json parse errors: say which file
+    except Exception as e:  # pyarrow parse errors: say which file
         raise GptuneError(f"{path}: cannot read as {suffix[1:]}: {first_line(e)}") from e
-    if text_column not in table.column_names:
-        raise GptuneError(
-            f"{path}: no column {text_column!r} (columns: {', '.join(table.column_names) or 'none'}); "
-            "set data.text_column"
-        )
-    return [str(t) for t in table.column(text_column).to_pylist() if t]
+
+
+def read_table_texts(path: Path, text_column: str) -> list[str]:
+    """Every text of ``iter_table_texts`` as one list."""
+    return [t for batch in iter_table_texts(path, text_column) for t in batch]
+
+
+def _no_column(path: Path, text_column: str, columns) -> GptuneError:
+    return GptuneError(f"{path}: no column {text_column!r} (columns: {', '.join(columns) or 'none'}); "
+                       "set data.text_column")
+
+
+def _batched(texts: Iterator[Any], n: int) -> Iterator[list[str]]:
+    """Non-empty texts as strings, in lists of ``n`` or of about ``_BATCH_CHARS`` characters."""
+    batch: list[str] = []
+    chars = 0
+    for t in texts:
+        if t is not None and t != "":
+            batch.append(str(t))
+            chars += len(batch[-1])
+            if len(batch) >= n or chars >= _BATCH_CHARS:
+                yield batch
+                batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _jsonl_texts(path: Path, text_column: str, batch_rows: int) -> Iterator[list[str]]:
+    keys: dict[str, None] = {}  # every key seen, in order, while no row has the column (for the error)
+    found = False
+
+    def texts() -> Iterator[Any]:
+        nonlocal found
+        with path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise GptuneError(f"{path} line {n}: not a JSON object ({e.msg})") from e
+                if not isinstance(row, dict):
+                    raise GptuneError(f"{path} line {n}: not a JSON object (one document per line)")
+                if text_column in row:
+                    found = True
+                    yield row[text_column]
+                elif not found:
+                    keys.update(dict.fromkeys(row))
+
+    yield from _batched(texts(), batch_rows)
+    if not found:
+        raise _no_column(path, text_column, keys)
+
+
+def _json_texts(path: Path, text_column: str) -> Iterator[Any]:
+    """A .json file: a list of objects, one object, or JSON lines under a .json name."""
+    with path.open(encoding="utf-8") as fh:
+        try:
+            rows = json.load(fh)
+        except json.JSONDecodeError:
+            fh.seek(0)
+            rows = [json.loads(line) for line in fh if line.strip()]
+    if isinstance(rows, dict):
+        rows = [rows]
+    if not all(isinstance(r, dict) for r in rows):
+        raise GptuneError(f"{path}: expected a JSON list of objects (one document per object)")
+    if rows and not any(text_column in r for r in rows):
+        raise _no_column(path, text_column, dict.fromkeys(k for r in rows for k in r))
+    return (r.get(text_column) for r in rows)
+
+
+def _arrow_texts(path: Path, suffix: str, text_column: str, batch_rows: int) -> Iterator[list[str]]:
+    """.parquet (row group by row group) or .csv (block by block), reading only `text_column`."""
+    import pyarrow as pa
+
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if text_column not in pf.schema_arrow.names:
+            raise _no_column(path, text_column, pf.schema_arrow.names)
+        batches = pf.iter_batches(batch_size=batch_rows, columns=[text_column])
+    else:
+        import pyarrow.csv as pcsv
+
+        names = pcsv.open_csv(path).schema.names  # the header (the first block is parsed to find it)
+        if text_column not in names:
+            raise _no_column(path, text_column, names)
+        batches = pcsv.open_csv(path, convert_options=pcsv.ConvertOptions(
+            include_columns=[text_column], column_types={text_column: pa.string()}))
+    for batch in batches:
+        yield from _batched(iter(batch.column(0).to_pylist()), batch_rows)
 
 
 def _sample_txt(path: Path, budget: int, encoding: str) -> Iterator[str]:
@@ -170,7 +243,8 @@ class Source:
                     if text:
                         yield text
                 else:
-                    yield from read_table_texts(f, self.text_column)
+                    for batch in iter_table_texts(f, self.text_column):
+                        yield from batch
         else:
             for batch in self._row_batches(shuffle_seed=None):
                 yield from batch
@@ -185,10 +259,11 @@ class Source:
                 if f.suffix.lower() == ".txt":
                     texts = _sample_txt(f, budget, self.fallback_encoding or "utf-8")
                     batch += [line for t in texts for line in t.splitlines(keepends=True)]
-                else:
-                    rows = read_table_texts(f, self.text_column)
-                    keep = min(1.0, max_bytes / total)
-                    batch += rows[:: max(1, round(1 / keep))]
+                else:  # every k-th row, streamed
+                    every, seen = max(1, round(total / max_bytes)), 0
+                    for rows in iter_table_texts(f, self.text_column):
+                        batch += rows[(-seen) % every :: every]
+                        seen += len(rows)
                 while len(batch) >= _ROWS_PER_BATCH:
                     yield batch[:_ROWS_PER_BATCH]
                     batch = batch[_ROWS_PER_BATCH:]
