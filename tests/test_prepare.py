@@ -577,6 +577,7 @@ def test_table_texts_stream_in_batches_equal_to_the_whole_file(tmp_path):
     from gptune.data.sources import iter_table_texts
 
     rows = [make_text(3, seed=i) if i % 5 else ("" if i % 10 else None) for i in range(40)]
+    rows[3] = "a document\nof two lines, \"quoted\""  # a csv cell over two lines
     want = [r for r in rows if r]
     for path in _table_files(tmp_path, rows):
         batches = list(iter_table_texts(path, "body", batch_rows=4))

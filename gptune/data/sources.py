@@ -75,8 +75,8 @@ def read_txt(path: Path, fallback_encoding: str | None = None) -> str:
 
 def iter_table_texts(path: Path, text_column: str, batch_rows: int = _ROWS_PER_BATCH) -> Iterator[list[str]]:
     """The `text_column` of a .jsonl/.csv/.parquet/.json file, in batches of at most `batch_rows` strings
-    and about 8M characters (nulls and empty strings skipped), streamed: memory holds one batch (a parquet
-    row group, a csv block), not the file (a .json list is the
+    and about 8M characters (nulls and empty strings skipped), streamed: memory holds about one batch,
+    not the file (a .json list is the
     exception: JSON has no record boundaries, so it is parsed whole).
 
     Errors name the file: a missing column (with the columns there are), a line that is not JSON."""
@@ -166,24 +166,28 @@ def _json_texts(path: Path, text_column: str) -> Iterator[Any]:
 
 
 def _arrow_texts(path: Path, suffix: str, text_column: str, batch_rows: int) -> Iterator[list[str]]:
-    """.parquet (row group by row group) or .csv (block by block), reading only `text_column`."""
+    """.parquet (a row group at a time: pyarrow decodes a row group's column whole, then hands it out 64
+    rows at a time) or .csv (1 MB blocks), reading only `text_column`."""
     import pyarrow as pa
 
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)  # column chunks in 1 MB reads, not whole
         if text_column not in pf.schema_arrow.names:
             raise _no_column(path, text_column, pf.schema_arrow.names)
-        batches = pf.iter_batches(batch_size=batch_rows, columns=[text_column])
+        # arrow batches of 64 rows (rows may be whole books), gathered into ours by _batched
+        batches = pf.iter_batches(batch_size=64, columns=[text_column], use_threads=False)
     else:
         import pyarrow.csv as pcsv
 
-        names = pcsv.open_csv(path).schema.names  # the header (the first block is parsed to find it)
+        multiline = pcsv.ParseOptions(newlines_in_values=True)  # a document's text has line breaks
+        names = pcsv.open_csv(path, parse_options=multiline).schema.names  # the header (parses the first block)
         if text_column not in names:
             raise _no_column(path, text_column, names)
-        batches = pcsv.open_csv(path, convert_options=pcsv.ConvertOptions(
-            include_columns=[text_column], column_types={text_column: pa.string()}))
+        batches = pcsv.open_csv(path, parse_options=multiline,
+                                convert_options=pcsv.ConvertOptions(include_columns=[text_column],
+                                                                    column_types={text_column: pa.string()}))
     for batch in batches:
         yield from _batched(iter(batch.column(0).to_pylist()), batch_rows)
 
