@@ -42,51 +42,63 @@ def step_matmuls() -> list[tuple[str, int, int, int, int]]:
     return out
 
 
-def time_mm(m: int, k: int, n: int, reps: int) -> float:
-    """Median seconds of one (m, k) @ (k, n) product into a reused output."""
+def mm_job(m: int, k: int, n: int):
+    """One (m, k) @ (k, n) product into a reused output."""
     import torch
 
-    a, b, c = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
-    torch.mm(a, b, out=c)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b, out=c)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    x, y, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+    return lambda: torch.mm(x, y, out=out)
 
 
-def time_attention(reps: int) -> float:
-    """Median seconds of SDPA forward + backward over the step's 6 layers (causal, 8 x 6 heads x 256 x 64)."""
+def attention_job():
+    """SDPA forward + backward over the step's 6 layers (causal, 8 x 6 heads x 256 x 64)."""
     import torch
     import torch.nn.functional as F
 
     q, k, v = (torch.randn(MICRO, HEADS, SEQ, D // HEADS, requires_grad=True) for _ in range(3))
-    times = []
-    for _ in range(reps + 1):
-        t = time.perf_counter()
+
+    def run():
         for _ in range(N_LAYER):
             F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])
+
+    return run
+
+
+def interleaved_times(jobs: list, reps: int) -> tuple[list[float], list[float]]:
+    """Median seconds of each job, and the fp32 peak (GFLOP/s, ``gptune.hardware.matmul_gflops``) of each
+    round: a round runs every job once, then measures the peak, so a busy patch of a shared machine hits
+    jobs and peak alike. Round 0 warms up and is not counted."""
+    from gptune.hardware import matmul_gflops
+
+    times: list[list[float]] = [[] for _ in jobs]
+    peaks = []
+    for _ in range(reps + 1):
+        for job, ts in zip(jobs, times, strict=True):
+            t = time.perf_counter()
+            job()
+            ts.append(time.perf_counter() - t)
+        peaks.append(matmul_gflops("float32", budget_s=0.3))
+    return [statistics.median(ts[1:]) for ts in times], peaks[1:]
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=5, help="timings per product (median)")
+    p.add_argument("--reps", type=int, default=7, help="rounds: timings per product (median)")
     a = p.parse_args(argv)
-    machine = measured_machine()
+    measured_machine()
     from pretrain import flops_per_token
 
-    peak = machine.peak_fp32_gflops
+    products = step_matmuls()
+    times, peaks = interleaved_times([mm_job(m, k, n) for _, m, k, n, _ in products] + [attention_job()], a.reps)
+    t_att = times.pop()
+    peak = statistics.median(peaks)
     total_t = 0.0
     lines = []
-    for name, m, k, n, count in step_matmuls():
-        t = time_mm(m, k, n, a.reps) * count
+    for (name, m, k, n, count), t in zip(products, times, strict=True):
+        t *= count
         flops = 2 * m * k * n * count
         total_t += t
         lines.append((name, f"({m} x {k}) @ ({k} x {n}) x{count}", flops / 1e9, flops / t / 1e9, t))
-    t_att = time_attention(a.reps)
     att_flops = 12 * N_LAYER * SEQ * D * SEQ * MICRO  # the MFU formula's attention term, per step
     total_t += t_att
     lines.append(("attention (SDPA fwd + bwd)", f"{MICRO} x {HEADS} heads x {SEQ} x {D // HEADS}, x{N_LAYER}",
@@ -102,7 +114,7 @@ def main(argv=None) -> None:
           f"({SEQ * MICRO / total_t:.0f} tokens/s); model FLOPs {step_flops / 1e9:.1f} GFLOP per step "
           f"({flops_per_token() / 1e6:.1f} MFLOP/token)")
     print(f"ceiling MFU (nothing but these kernels): {100 * ceiling / peak:.1f}% of the measured fp32 peak "
-          f"{peak:.0f} GFLOP/s")
+          f"{peak:.0f} GFLOP/s (median of {len(peaks)} measured between rounds: {min(peaks):.0f}-{max(peaks):.0f})")
 
 
 if __name__ == "__main__":

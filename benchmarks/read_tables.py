@@ -100,7 +100,7 @@ def main(argv=None) -> None:
         return
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="gptune-bench-tables-"))
     paths = write_tables(data_root(a.data) / "books" / "gutenberg", work, a.mb, a.row_kb, a.formats.split(","))
-    print(f"| format | file MB | documents | seconds | peak RSS (MB) | of it, interpreter + imports (MB) |")
+    print("| format | file MB | documents | seconds | peak RSS (MB) | of it, interpreter + imports (MB) |")
     print("|---|---|---|---|---|---|")
     for fmt, path in paths.items():
         res = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True)
