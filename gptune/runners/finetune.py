@@ -269,7 +269,22 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
     return run.save(write, metrics, name)
 
 
-# ----------------------------------------------------------------------------- gptune eval --glue
+# ----------------------------------------------------------------------------- gptune eval --task / --glue
+def run_task_eval(model: str, *, task: str | None = None, data_dir: str | None = None, split: str | None = None,
+                  base_model: str | None = None) -> dict:
+    """``gptune eval --task``: {split: metrics} of a task model folder (RUN/final) on its eval split(s) (or
+    ``split``). A plain LM is first fine-tuned on ``task`` with the shipped recipe (LoRA, as ``eval --glue``
+    does), then its ``final/`` is scored."""
+    from gptune.evaluation.task_model import score_task_model
+    from gptune.modeling.task_io import is_task_model
+
+    if not is_task_model(model):
+        if task is None:
+            raise GptuneError(f"--model {model}: not a task model; pass --task to fine-tune it on one first")
+        model = str(finetune_for_eval(task, model, data_dir, lora=True).final_dir)
+    return score_task_model(model, task=task, data_dir=data_dir, split=split, base_model=base_model)
+
+
 def finetune_for_eval(task: str, model: str, data_dir: str | None, *, lora: bool, sets: list[str] | None = None,
                       recipe_path: str | None = None) -> RunSummary:
     """Fine-tune ``model`` on ``task`` with the shipped recipe into runs/glue/<model>/<task>-<mode>."""
