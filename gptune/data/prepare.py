@@ -35,7 +35,7 @@ import numpy as np
 from gptune.config import DataConfig, ModelConfig
 from gptune.console import make_byte_progress, say
 from gptune.data.books import corpus_path
-from gptune.data.cache import entry_dir, entry_key, write_atomic
+from gptune.data.cache import entry_dir, entry_key, rename_into_place, write_atomic
 from gptune.data.clean import CLEAN_REPORT, CleanReport, Verdict, clean_stream, require_libraries
 from gptune.data.dedup import DedupIndex
 from gptune.data.encode import encode_texts, tail_cut
@@ -111,7 +111,7 @@ def prepare_lm_data(data: DataConfig, tokenizer: Any, *, seed: int, main: bool =
         meta["stats"]["seconds"] = time.perf_counter() - t0
         (partial / "state.json").unlink(missing_ok=True)  # only an unfinished preparation needs it
         (partial / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.rename(partial, folder)
+        rename_into_place(partial, folder)
     out = load_prepared(folder)
     out.stats.cached, out.stats.seconds = False, meta["stats"]["seconds"]
     return out
