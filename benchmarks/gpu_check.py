@@ -31,7 +31,8 @@ command fails.
 Not yet run on a GPU: this script was written on CPU-only machines. There every row was dry-run with tiny
 shapes on CPU processes (``--cpu-smoke``, hidden), also in a virtual environment holding the device image's
 versions (benchmarks/device/README.md). Without CUDA (and without ``--cpu-smoke``) it exits 2 with one line
-saying so.
+saying so. ``--plan [SPENT]`` prints what would run as JSON (the checks, each command's time once SPENT s
+of the budget are gone, the shape) and stops: no GPU needed (tests/test_device_kit.py runs it).
 """
 
 from __future__ import annotations
@@ -401,10 +402,15 @@ def trainer_worker(spec: dict) -> None:
                                   "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}))
 
 
+def measured_windows(steps: int, w: int) -> list[tuple[int, int]]:
+    """(i, j): the windows of ``w`` steps measured, as 0-based indices of the end-of-step times they run
+    between; the first window is left out (as on the gptune side, whose first logged window holds start-up)."""
+    return [(i, i + w) for i in range(w - 1, steps - w, w)]
+
+
 def trainer_windows(times: list[float], tokens_per_step: int, w: int) -> list[float]:
-    """tokens/s of windows of ``w`` steps from the end-of-step times, after the first window (as on the gptune
-    side, whose first logged window holds start-up)."""
-    return [tokens_per_step * w / (times[i + w] - times[i]) for i in range(w - 1, len(times) - w, w)]
+    """tokens/s of the measured windows (``measured_windows``) from the end-of-step times."""
+    return [tokens_per_step * w / (times[j] - times[i]) for i, j in measured_windows(len(times), w)]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -460,6 +466,19 @@ def write_out(out: Path, rows: list[dict], title: str, info: dict, work: Path) -
             tar.add(m, arcname=f"runs/{m.parent.name}/metrics.jsonl")
 
 
+def plan_record(checks: list[str], a, shape: Shape) -> dict:
+    """``--plan SPENT``: what a run would do, as JSON: the checks in run order and the seconds each command may
+    take once SPENT seconds of the budget are gone (None: skipped), the shape, the trainer's measured windows
+    and the files ``--out`` writes."""
+    now = [0.0]
+    budget = Budget(a.budget, a.timeout, clock=lambda: now[0])
+    now[0] = a.plan
+    return {"checks": checks, "budget": a.budget, "reserve": RESERVE, "min_left": MIN_LEFT,
+            "timeouts": {c: budget.timeout(still_to_come=len(checks) - i - 1) for i, c in enumerate(checks)},
+            "shape": shape.__dict__, "measured_windows": measured_windows(shape.steps, shape.log_every),
+            "out_files": list(OUT_FILES)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--glue-dir", help="GLUE data in the glue_data layout (default: $GPTUNE_DATA/glue, else synthetic)")
@@ -473,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="Keep the work folder (runs, logs).")
     p.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--trainer-worker", help=argparse.SUPPRESS)
+    p.add_argument("--plan", type=float, nargs="?", const=0.0, metavar="SPENT",
+                   help="Print what would run as JSON (checks, each command's time once SPENT s are gone, the "
+                        "shape) and stop: nothing runs, no GPU needed.")
     a = p.parse_args(argv)
     if a.trainer_worker:
         trainer_worker(json.loads(a.trainer_worker))
@@ -481,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         checks = selected(a.only)
     except ValueError as e:
         p.error(str(e))
+    if a.plan is not None:
+        print(json.dumps(plan_record(checks, a, SMOKE if a.cpu_smoke else GPU), indent=2))
+        return 0
     import torch
 
     if not torch.cuda.is_available() and not a.cpu_smoke:

@@ -301,15 +301,7 @@ def eval_(
         return
     if model is None:
         raise GptuneError("eval --task: pass --model RUN/final (a folder written by gptune finetune)")
-    from gptune.modeling.task_io import is_task_model
-
-    if not is_task_model(model):  # a plain LM: fine-tune it on the task first (LoRA), then score that
-        if task is None:
-            raise GptuneError(f"--model {model}: not a task model; pass --task to fine-tune it on one first")
-        from gptune.runners.finetune import finetune_for_eval
-
-        model = str(finetune_for_eval(task, model, data_dir, lora=True).final_dir)
-    from gptune.runners.evaluate import run_task_eval
+    from gptune.runners.finetune import run_task_eval
 
     run_task_eval(model, task=task, data_dir=data_dir, split=split, base_model=base_model)
 

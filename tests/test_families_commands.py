@@ -62,7 +62,7 @@ def params(family):
 def test_every_command_on_a_family(family, family_model_dir, tmp_path, monkeypatch, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gptune.runners.evaluate import run_task_eval
+    from gptune.runners.finetune import run_task_eval
 
     (tmp_path / "project").mkdir()
     root = make_workdir(tmp_path / "project", monkeypatch, {"a.txt": 400})

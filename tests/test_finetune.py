@@ -177,7 +177,8 @@ def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
 # ----------------------------------------------------------------------------- runs
 def test_lora_finetune_then_eval_and_predict_from_final_alone(workdir, tiny_model_dir, glue_dir, monkeypatch):
     import gptune.evaluation.glue as ev
-    from gptune.runners.evaluate import _split_loaders, run_predict
+    from gptune.evaluation.task_model import split_loaders
+    from gptune.runners.evaluate import run_predict
     from gptune.runners.finetune import run_finetune
 
     seen = {}
@@ -202,7 +203,7 @@ def test_lora_finetune_then_eval_and_predict_from_final_alone(workdir, tiny_mode
     preds_at_end = seen["last"][0]
     monkeypatch.setattr(ev, "predict", real)
     for folder in (final, final / "merged"):
-        acc, model, info2, _, loaders = _split_loaders(str(folder), "sst2", glue_dir, None)
+        acc, model, info2, _, loaders = split_loaders(str(folder), "sst2", glue_dir, None)
         assert real(acc, model, loaders["validation"], info2.task)[0] == preds_at_end, folder
     tsv = run_predict(str(final), task="sst2", data_dir=glue_dir, split="test")
     lines = tsv.read_text().splitlines()
@@ -214,8 +215,7 @@ def test_lora_finetune_then_eval_and_predict_from_final_alone(workdir, tiny_mode
 
 
 def test_full_finetune_learns_and_round_trips(workdir, tiny_model_dir, glue_dir):
-    from gptune.runners.evaluate import run_task_eval
-    from gptune.runners.finetune import run_finetune
+    from gptune.runners.finetune import run_finetune, run_task_eval
 
     summary = run_finetune(_recipe(tiny_model_dir, glue_dir, lora=False,
                                    sets=["train.max_steps=36", "train.lr=1e-2", "train.warmup=0"]))
@@ -312,6 +312,24 @@ def test_eval_of_a_plain_lm_without_a_task_says_to_pass_one(workdir, tiny_model_
     code, out = _cli(capsys, "eval", "--model", tiny_model_dir)
     assert code == 2 and out.err.count("\n") == 1
     assert f"--model {tiny_model_dir}: not a task model; pass --task" in out.err
+
+
+def test_eval_task_of_a_plain_lm_fine_tunes_it_once_then_scores_its_final(workdir, tiny_model_dir, glue_dir,
+                                                                          capsys, monkeypatch):
+    """eval --task on a plain LM: one runner fine-tunes it (LoRA, the shipped recipe) and scores that run's
+    final/, and the score equals the run's own."""
+    import gptune.runners.finetune as ft
+
+    calls = []
+    real = ft.run_task_eval
+    monkeypatch.setattr(ft, "run_task_eval", lambda *a, **kw: calls.append(real(*a, **kw)) or calls[-1])
+    code, out = _cli(capsys, "eval", "--task", "sst2", "--model", tiny_model_dir, "--data-dir", glue_dir)
+    assert code in (0, None), out.err
+    final = workdir / "runs/glue" / Path(tiny_model_dir).name / "sst2-lora/final"
+    metrics = json.loads((final / "metrics.json").read_text())
+    assert json.loads((final / "task.json").read_text())["lora"] is True
+    assert len(calls) == 1 and calls[0] == {"validation": {"accuracy": metrics["accuracy"]}}
+    assert f"eval: model {final.relative_to(workdir)}" in " ".join(out.out.split())
 
 
 def test_lora_flag_picks_lora_lr_unless_lr_is_set(workdir, monkeypatch, capsys):
@@ -467,7 +485,7 @@ def test_two_processes_train_and_gather_without_duplicates(workdir, tiny_model_d
     import os
     import subprocess
 
-    from gptune.runners.evaluate import run_task_eval
+    from gptune.runners.finetune import run_task_eval
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     cmd = [sys.executable, "-m", "gptune", "finetune", "--task", "rte", "--lora", "--model", tiny_model_dir,

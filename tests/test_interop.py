@@ -92,12 +92,12 @@ def test_lora_and_full_load_with_peft_transformers_and_gptune_from_a_moved_copy(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gptune.evaluation.glue import predict
-    from gptune.runners.evaluate import _split_loaders
+    from gptune.evaluation.task_model import split_loaders
 
     root, preds = moved
     for mode in ("lora", "full", "rows"):
         final = Path(f"runs/finetune/sst2-{mode}/final")
-        acc, model, info, _, loaders = _split_loaders(str(final), "sst2", glue_dir, None)
+        acc, model, info, _, loaders = split_loaders(str(final), "sst2", glue_dir, None)
         assert predict(acc, model, loaders["validation"], info.task)[0] == preds[mode], mode  # same as in memory
         tokenizer = AutoTokenizer.from_pretrained(final)
         ids = _sample_ids(tokenizer)

@@ -197,7 +197,7 @@ def _logits(model, loader) -> torch.Tensor:
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_openai_gpt_full_and_lora_finetune_with_aux_lm_loss(kind, tmp_path, monkeypatch, tiny_gpt1_dir):
     import gptune.evaluation.glue as ev
-    from gptune.runners.evaluate import _split_loaders
+    from gptune.evaluation.task_model import split_loaders
     from gptune.runners.finetune import DEFAULT_RECIPE, run_finetune
 
     monkeypatch.chdir(tmp_path)
@@ -228,7 +228,7 @@ def test_openai_gpt_full_and_lora_finetune_with_aux_lm_loss(kind, tmp_path, monk
         monkeypatch.setattr(ev, "predict", real)
         folders = [summary.final_dir] + ([summary.final_dir / "merged"] if lora else [])
         for folder in folders:  # rebuilt from the folder alone: the very logits of the end of training
-            _, model, info, _, loaders = _split_loaders(str(folder), None, None, None)
+            _, model, info, _, loaders = split_loaders(str(folder), None, None, None)
             assert info.task.kind == kind and info.lora == (lora and folder == summary.final_dir)
             torch.testing.assert_close(_logits(model, loaders["validation"]), at_end, rtol=1e-5, atol=1e-5)
         monkeypatch.setattr(ev, "predict", spy)

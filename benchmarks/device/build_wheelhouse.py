@@ -2,6 +2,7 @@
 
     python benchmarks/device/build_wheelhouse.py        # writes benchmarks/device/wheels/ (git-ignored)
     python benchmarks/device/build_wheelhouse.py --digest   # prints the digest of gptune's sources (run.sh)
+    python benchmarks/device/build_wheelhouse.py --plan --metadata TABLE.json   # the plan as JSON, offline
 
 The device image (``image.txt`` beside this file: Python 3.12 and its packages, some at known versions) has
 torch, transformers, accelerate, peft ... but no ``datasets`` and no ``evaluate``, and nothing can be fetched
@@ -253,6 +254,23 @@ def downloader(dest: Path, pins: Path) -> Callable[[str, object, set[str]], Dist
     return fetch
 
 
+def table_fetcher(path: Path, read: list[str]) -> Callable[[str, object, set[str]], Dist]:
+    """fetch() for plan() from a JSON table instead of downloads (``--plan --metadata``): name -> {"version",
+    "pure", "requires"}, the facts each wheel would give; the names asked are appended to ``read``."""
+    table = {canonical(k): v for k, v in json.loads(path.read_text()).items()}
+
+    def fetch(name: str, wanted, extras: set[str]) -> Dist:
+        read.append(name)
+        if name not in table:
+            sys.exit(f"build_wheelhouse: --metadata {path}: no entry for {name} ({wanted or 'any version'} asked)")
+        e = table[name]
+        if not wanted.contains(e["version"], prereleases=True):
+            sys.exit(f"build_wheelhouse: --metadata {path}: {name} {e['version']} is outside {wanted}")
+        return Dist(name, e["version"], tuple(e.get("requires", ())), bool(e.get("pure", True)))
+
+    return fetch
+
+
 # ----------------------------------------------------------------------------- sizes, report
 
 
@@ -288,6 +306,51 @@ def report(entries: list[Entry], gptune: Dist, sizes: dict[str, int], total: int
     return "\n".join(lines) + "\n"
 
 
+def plan_record(entries: list[Entry], sizes: dict[str, int], total: int, ok: bool) -> dict:
+    """What plan.json holds (and ``--plan`` prints): each package's kind, range, reasons and wheel, the sizes."""
+    return {"sizes": sizes, "total_bytes": total, "limit_bytes": LIMIT, "fits": ok,
+            "packages": [{"name": e.name, "kind": e.kind, "range": e.range, "why": e.why, "wanted": e.wanted,
+                          "version": e.dist.version if e.dist else None,
+                          "wheel": e.dist.path.name if e.travels and e.dist.path else None} for e in entries]}
+
+
+def gptune_requires() -> list[str]:
+    """gptune's requirements as its wheel states them (pyproject.toml's dependencies), without building it."""
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def dry_run(a, image: Image) -> int:
+    """``--plan``: the plan as JSON on stdout, nothing built or downloaded into the wheelhouse; the size check
+    counts the working tree and the ``--carry`` paths (no wheel exists yet)."""
+    read: list[str] = []
+    tmp = None
+    if a.metadata is not None:
+        fetch = table_fetcher(a.metadata, read)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="wheelhouse-plan-"))
+        fetch = downloader(tmp, a.pins)
+    try:
+        entries = plan(a.requires or gptune_requires(), image, fetch, frozenset(map(canonical, a.with_)))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    sizes = {"working tree": tree_bytes()} | {str(c): path_bytes(c) for c in a.carry}
+    total, ok = fits(sizes)
+    print(json.dumps({"image": {"python": image.python, "packages": image.packages}, "read": read,
+                      **plan_record(entries, sizes, total, ok)}, indent=2))
+    return _size_verdict(total, ok)
+
+
+def _size_verdict(total: int, ok: bool) -> int:
+    if not ok:
+        print(f"build_wheelhouse: {total / 2**20:.1f} MiB would travel, over the device's {LIMIT / 2**20:.0f} MiB",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", type=Path, default=HERE / "image.txt", help="The image's package list.")
@@ -299,12 +362,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with", dest="with_", action="append", default=[], metavar="NAME",
                    help="Carry this compiled fallback too (repeatable), e.g. pyarrow when the device's pip says the "
                         "image's is older than datasets asks.")
-    p.add_argument("--digest", action="store_true", help="Print the digest of gptune's sources and stop.")
+    p.add_argument("--digest", nargs="?", const=ROOT, type=Path, metavar="DIR",
+                   help="Print the digest of gptune's sources (of this checkout, or of the tree at DIR) and stop.")
+    p.add_argument("--plan", action="store_true", help="Print the plan as JSON and stop: no wheel is built, none "
+                                                       "is kept (with --metadata, none is downloaded either).")
+    p.add_argument("--metadata", type=Path, help="--plan: read each wheel's facts from this JSON table (name -> "
+                                                 "{version, pure, requires}) instead of downloading it.")
+    p.add_argument("--requires", action="append", metavar="REQ",
+                   help="--plan: plan for these requirements (repeatable) instead of gptune's.")
     a = p.parse_args(argv)
     if a.digest:
-        print(source_digest())
+        print(source_digest(a.digest))
         return 0
     image = Image.read(a.image)
+    if a.plan:
+        return dry_run(a, image)
     if a.out.exists():
         shutil.rmtree(a.out)  # one version of each package: two would stop the install
     a.out.mkdir(parents=True)
@@ -321,16 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     text = report(entries, gptune, sizes, total, ok)
     (a.out / "PLAN.txt").write_text(text)
     (a.out / "SOURCE_DIGEST").write_text(source_digest() + "\n")
-    (a.out / "plan.json").write_text(json.dumps(
-        {"gptune": gptune.path.name, "total_bytes": total, "limit_bytes": LIMIT, "fits": ok,
-         "packages": [{"name": e.name, "kind": e.kind, "range": e.range, "why": e.why, "wanted": e.wanted,
-                       "wheel": e.dist.path.name if e.travels else None} for e in entries]}, indent=2) + "\n")
+    (a.out / "plan.json").write_text(json.dumps({"gptune": gptune.path.name, **plan_record(entries, sizes, total, ok)},
+                                                indent=2) + "\n")
     print(text, end="")
-    if not ok:
-        print(f"build_wheelhouse: {total / 2**20:.1f} MiB would travel, over the device's {LIMIT / 2**20:.0f} MiB",
-              file=sys.stderr)
-        return 1
-    return 0
+    return _size_verdict(total, ok)
 
 
 if __name__ == "__main__":

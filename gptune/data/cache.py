@@ -4,7 +4,8 @@ ROOT is ``data.cache_dir``, else ``$GPTUNE_CACHE``, else ``~/.cache/gptune``. Ki
 of a pretraining corpus, gptune.data.prepare) and ``tasks`` (tokenized task splits, gptune.data.features).
 An entry is keyed by a hash of everything that decides its content (``entry_key``), and is only ever seen
 whole: it is written under a temporary sibling and renamed into place (``publish``, which every folder gptune
-writes whole goes through; ``write_atomic`` is the same for one text file).
+writes whole in one call goes through; ``rename_into_place``, the one rename, for the two whose temporary
+folder outlives a call; ``write_atomic`` is the same for one text file).
 """
 
 from __future__ import annotations
@@ -49,9 +50,7 @@ def publish(folder: Path, write: Callable[[Path], None], *, replace: bool = Fals
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         write(tmp)
-        if replace and folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
+        rename_into_place(tmp, folder, replace=replace)
         return True
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -61,6 +60,19 @@ def publish(folder: Path, write: Callable[[Path], None], *, replace: bool = Fals
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def rename_into_place(tmp: Path, folder: Path, *, replace: bool = False) -> None:
+    """Rename `tmp`, a folder written whole beside `folder`, to `folder`: the one rename behind every folder that
+    appears whole. ``publish`` is the way for a folder written in one call. Two writers call this directly,
+    because their temporary folder must outlive that call and have a name known in advance: a checkpoint
+    (``training.checkpoint``: every process writes into the same folder, their errors are gathered, then the
+    main process renames) and a corpus preparation (``data.prepare``: its ``.partial`` folder is kept across
+    restarts so that an interrupted preparation resumes there, where ``publish`` would remove it). Also
+    ``best/`` becoming ``final/``. ``replace``: an existing `folder` is removed first."""
+    if replace and folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 from gptune.config import DataConfig, ModelConfig
 from gptune.console import make_byte_progress, say
 from gptune.data.books import corpus_path
-from gptune.data.cache import entry_dir, entry_key, write_atomic
+from gptune.data.cache import entry_dir, entry_key, rename_into_place, write_atomic
 from gptune.data.clean import CLEAN_REPORT, CleanReport, Verdict, clean_stream, require_libraries
 from gptune.data.dedup import DedupIndex
 from gptune.data.encode import encode_texts, tail_cut
@@ -52,6 +52,7 @@ SHARD_TOKENS = 1 << 24  # tokens per shard file (32 MB as uint16), rounded down 
 _CHECKPOINT_SECONDS = 2.0  # state.json at most this often (and whenever a shard fills)
 _POLL_SECONDS = 0.5
 DEDUP_FILE = "dedup.sig"
+STATE_FILE = "state.json"  # in the .partial folder: where an interrupted preparation resumes
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -109,9 +110,9 @@ def prepare_lm_data(data: DataConfig, tokenizer: Any, *, seed: int, main: bool =
         meta = _build(partial, train_src, val_src, tokenizer, data, seed=seed, split=split,
                       shard_tokens=shard_tokens, progress=progress)
         meta["stats"]["seconds"] = time.perf_counter() - t0
-        (partial / "state.json").unlink(missing_ok=True)  # only an unfinished preparation needs it
+        (partial / STATE_FILE).unlink(missing_ok=True)  # only an unfinished preparation needs it
         (partial / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.rename(partial, folder)
+        rename_into_place(partial, folder)
     out = load_prepared(folder)
     out.stats.cached, out.stats.seconds = False, meta["stats"]["seconds"]
     return out
@@ -254,65 +255,29 @@ def _resume_state(partial: Path, state_file: Path) -> dict:
 
 def _build(partial: Path, train_src: Source, val_src: Source | None, tokenizer: Any, data: DataConfig, *,
            seed: int, split: str, shard_tokens: int, progress: bool) -> dict:
+    """Fill `partial` with the token shards (resuming what an interrupted preparation left there); the
+    content of meta.json."""
     dtype = token_dtype(len(tokenizer))
-    state_file = partial / "state.json"
+    state_file = partial / STATE_FILE
     state = _resume_state(partial, state_file)
     names = ["train"] + (["val"] if split in ("tail", "documents", "path") else [])
     writers = {n: StreamWriter(partial, n, dtype, shard_tokens, **state["streams"].get(n, {})) for n in names}
-    eos = np.asarray([tokenizer.eos_token_id], dtype=dtype)
     c = data.clean
     index = None
     if c.dedup != "none":  # records past the resumed state are cut off
         index = DedupIndex(partial / DEDUP_FILE, c.dedup, num_perm=c.num_perm, threshold=c.near_threshold,
                            kept=state["dedup_kept"])
     report = CleanReport.from_dict(state["clean"])
-    snapshot = dict(state)
-    last_save = time.monotonic()
-
-    def save(snap: dict) -> None:
-        for w in writers.values():
-            w.flush()
-        write_atomic(state_file, json.dumps(snap))
-
     docs = _cleaned(_documents(train_src, val_src, state["documents"]), data, index)
-    items = _items(docs, split, data.val_fraction, seed)
-    total = train_src.bytes if data.max_tokens is None else None
-    encoded = encode_texts(items, tokenizer, num_proc=data.num_proc)
-    chars, dedup_kept = state["chars"], state["dedup_kept"]
+    encoded = encode_texts(_items(docs, split, data.val_fraction, seed), tokenizer, num_proc=data.num_proc)
     try:
-        with make_byte_progress() as bar, contextlib.closing(encoded):  # closing: stop the workers on a break
-            label = "cleaning + tokenizing" if c.enabled else "tokenizing"
-            task = bar.add_task(label, total=total, completed=chars, info="", visible=progress)
-            t0, tokens0, docs0 = time.perf_counter(), sum(w.tokens for w in writers.values()), state["documents"]
-            for part, ids in encoded:
-                w = writers[part.stream]
-                shards = w.shards
-                if part.verdict is None or part.verdict.rule is None:
-                    w.append(ids)
-                    w.append(eos)
-                    w.end_document()
-                if not part.last:
-                    continue
-                chars += part.chars
-                if part.verdict is not None:
-                    report.add(part.doc, part.verdict)
-                    dedup_kept = part.verdict.kept_after
-                snapshot = {"documents": part.doc + 1, "chars": chars,
-                            "streams": {n: {"tokens": x.tokens, "documents": x.documents} for n, x in writers.items()},
-                            "clean": report.to_dict(), "dedup_kept": dedup_kept}
-                seconds = max(time.perf_counter() - t0, 1e-9)
-                tokens = sum(x.tokens for x in writers.values())
-                bar.update(task, completed=chars, info=f"{(part.doc + 1 - docs0) / seconds:,.0f} docs/s "
-                                                       f"{(tokens - tokens0) / seconds / 1e6:.2f}M tok/s")
-                if w.shards != shards or time.monotonic() - last_save > _CHECKPOINT_SECONDS:
-                    save(snapshot)
-                    last_save = time.monotonic()
-                if data.max_tokens is not None and writers["train"].tokens >= data.max_tokens:
-                    break
+        snapshot = _write_streams(encoded, writers, report, state, state_file, data, progress=progress,
+                                  eos=np.asarray([tokenizer.eos_token_id], dtype=dtype),
+                                  total=train_src.bytes if data.max_tokens is None else None)
     finally:
         if index is not None:
             index.close()
-    save(snapshot)
+    _save_state(state_file, writers, snapshot)
     for w in writers.values():
         w.close()
     if c.enabled:
@@ -322,6 +287,51 @@ def _build(partial: Path, train_src: Source, val_src: Source | None, tokenizer: 
                    documents=snapshot["documents"], chars=snapshot["chars"],
                    kept=report.kept if c.enabled else None,
                    files=len(train_src.files) + (len(val_src.files) if val_src else 0))
+
+
+def _write_streams(encoded, writers: dict[str, StreamWriter], report: CleanReport, state: dict, state_file: Path,
+                   data: DataConfig, *, eos: np.ndarray, total: int | None, progress: bool) -> dict:
+    """Append each encoded document (and one EOS) to its stream, until the corpus or ``data.max_tokens`` ends;
+    state.json when a shard fills, else every ``_CHECKPOINT_SECONDS``. The state after the last document."""
+    snapshot, last_save = dict(state), time.monotonic()
+    chars, dedup_kept = state["chars"], state["dedup_kept"]
+    with make_byte_progress() as bar, contextlib.closing(encoded):  # closing: stop the workers on a break
+        task = bar.add_task("cleaning + tokenizing" if data.clean.enabled else "tokenizing", total=total,
+                            completed=chars, info="", visible=progress)
+        t0, tokens0, docs0 = time.perf_counter(), sum(w.tokens for w in writers.values()), state["documents"]
+        for part, ids in encoded:
+            w = writers[part.stream]
+            shards = w.shards
+            if part.verdict is None or part.verdict.rule is None:
+                w.append(ids)
+                w.append(eos)
+                w.end_document()
+            if not part.last:
+                continue
+            chars += part.chars
+            if part.verdict is not None:
+                report.add(part.doc, part.verdict)
+                dedup_kept = part.verdict.kept_after
+            snapshot = {"documents": part.doc + 1, "chars": chars,
+                        "streams": {n: {"tokens": x.tokens, "documents": x.documents} for n, x in writers.items()},
+                        "clean": report.to_dict(), "dedup_kept": dedup_kept}
+            seconds = max(time.perf_counter() - t0, 1e-9)
+            tokens = sum(x.tokens for x in writers.values())
+            bar.update(task, completed=chars, info=f"{(part.doc + 1 - docs0) / seconds:,.0f} docs/s "
+                                                   f"{(tokens - tokens0) / seconds / 1e6:.2f}M tok/s")
+            if w.shards != shards or time.monotonic() - last_save > _CHECKPOINT_SECONDS:
+                _save_state(state_file, writers, snapshot)
+                last_save = time.monotonic()
+            if data.max_tokens is not None and writers["train"].tokens >= data.max_tokens:
+                break
+    return snapshot
+
+
+def _save_state(state_file: Path, writers: dict[str, StreamWriter], snapshot: dict) -> None:
+    """The shards flushed, then the state that resumes after them."""
+    for w in writers.values():
+        w.flush()
+    write_atomic(state_file, json.dumps(snapshot))
 
 
 def _finish(partial: Path, writers: dict[str, StreamWriter], data: DataConfig, *, seed: int, split: str,

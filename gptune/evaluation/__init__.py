@@ -1,5 +1,5 @@
-"""Evaluation: sliding-window perplexity (GLUE prediction and metrics live beside it; the text to
-score is read by ``gptune.data.eval_text``)."""
+"""Evaluation: sliding-window perplexity (GLUE prediction and metrics, and a task model scored from its
+folder alone (``task_model``), live beside it; the text to score is read by ``gptune.data.eval_text``)."""
 
 from gptune.evaluation.perplexity import (
     NllResult,

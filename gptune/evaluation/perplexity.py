@@ -168,53 +168,45 @@ def sliding_window_nll(
     ``progress(k)`` is called after each batch with the number of windows it finished (this process).
     ``prefix_token``: prepend it and use lm-eval's rolling windows (``stride`` is then ``max_length``).
     """
-    import torch
-
     _check_inputs(input_ids, batch_size)
     inner = accelerator.unwrap_model(model) if accelerator is not None else model
     text_tokens = input_ids.numel()
     input_ids, windows, max_length, stride = _plan(inner.config, input_ids, max_length, stride, prefix_token)
-    rank, world = (
-        (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    )
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     mine = _shard(windows, rank, world)
-
-    device = next(model.parameters()).device
-    ids = input_ids.to(device)
-    scorer = _Scorer(model, inner)
+    ids = input_ids.to(next(model.parameters()).device)
     was_training = model.training
     model.eval()  # dropout would make the numbers depend on the RNG
     start = time.perf_counter()
     try:
-        with torch.no_grad():  # not inference_mode: FSDP2 writes its gathered weights into kept buffers
-            nll = torch.zeros((), dtype=torch.float64, device=device)
-            batches = _batches(mine, batch_size)
-            extra = _missing_passes(len(batches), world, device)
-            for batch in batches:
-                nll += scorer.batch_nll(ids, batch)
-                if progress is not None:
-                    progress(len(batch))
-            for _ in range(extra):  # results discarded
-                scorer.batch_nll(ids, (batches or [[windows[0]]])[0])
-            counts = torch.tensor(
-                [sum(w.scored for w in mine), len(mine)], dtype=torch.float64, device=device
-            )
-            totals = torch.cat([nll.reshape(1), counts])  # (3,) one reduce, one sync
-            if world > 1:
-                totals = accelerator.reduce(totals, reduction="sum")
-            nll_sum, tokens, n_windows = totals.tolist()
+        totals = _score_share(_Scorer(model, inner), ids, mine, windows[0], batch_size, world, progress)
+        if world > 1:
+            totals = accelerator.reduce(totals, reduction="sum")
+        nll_sum, tokens, n_windows = totals.tolist()
     finally:
         model.train(was_training)
-    return NllResult(
-        nll_sum=nll_sum,
-        tokens=int(tokens),
-        windows=int(n_windows),
-        seconds=time.perf_counter() - start,
-        max_length=max_length,
-        stride=stride,
-        prefix_token=prefix_token,
-        text_tokens=text_tokens,
-    )
+    return NllResult(nll_sum=nll_sum, tokens=int(tokens), windows=int(n_windows), seconds=time.perf_counter() - start,
+                     max_length=max_length, stride=stride, prefix_token=prefix_token, text_tokens=text_tokens)
+
+
+def _score_share(scorer: _Scorer, ids, mine: list[Window], first: Window, batch_size: int, world: int,
+                 progress: Callable[[int], None] | None):
+    """(NLL sum, scored tokens, windows) of this process's share, one (3,) float64 tensor (one reduce, one
+    sync). Every process runs as many forward passes as the busiest one: the extra ones score `first`, discarded."""
+    import torch
+
+    with torch.no_grad():  # not inference_mode: FSDP2 writes its gathered weights into kept buffers
+        nll = torch.zeros((), dtype=torch.float64, device=ids.device)
+        batches = _batches(mine, batch_size)
+        extra = _missing_passes(len(batches), world, ids.device)
+        for batch in batches:
+            nll += scorer.batch_nll(ids, batch)
+            if progress is not None:
+                progress(len(batch))
+        for _ in range(extra):  # results discarded
+            scorer.batch_nll(ids, (batches or [[first]])[0])
+        counts = torch.tensor([sum(w.scored for w in mine), len(mine)], dtype=torch.float64, device=ids.device)
+        return torch.cat([nll.reshape(1), counts])
 
 
 def _check_inputs(input_ids, batch_size: int) -> None:

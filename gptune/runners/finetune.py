@@ -172,10 +172,7 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
     from accelerate.utils import set_seed
 
     from gptune.data.task_data import build_collator, build_task_loaders, load_task_data
-    from gptune.evaluation.glue import evaluate_splits, flat_metrics
     from gptune.modeling.gpt import count_parameters, set_threads
-    from gptune.modeling.heads import add_task_tokens
-    from gptune.tokenization import load_tokenizer
 
     t0 = time.perf_counter()
     set_threads()
@@ -185,9 +182,7 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         say("  --merge: nothing to fold in, a full fine-tune's final/ is already a full model")
     run = Run(recipe, resume=resume, overwrite=overwrite, command=command, started=t0)
     set_seed(recipe.seed)
-    tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.name_or_path,
-                               field="model.tokenizer" if recipe.model.tokenizer else "--model")
-    special_ids = add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
+    tokenizer, special_ids = build_tokenizer(recipe)
     tc = recipe.task
     data = load_task_data(task, tokenizer, special_ids, run.accelerator, data_dir=tc.data_dir, style=tc.input_style,
                           max_length=tc.max_length, cache_dir=recipe.data.cache_dir)
@@ -202,37 +197,64 @@ def run_finetune(recipe: Recipe, *, resume: str | None = None, overwrite: bool =
         return save_final_task(run.accelerator, run.model, tokenizer, recipe, task, special_ids, run,
                                {"step": st.step, **out}, merge=merge, name=name)
 
-    def evaluate_fn(st: TrainState) -> dict:
+    events = _Evaluations(run, task, save)
+    state = run.train(task_step, evaluate_fn=events.evaluate, on_epoch_end=events.on_epoch_end,
+                      description=f"finetune {task.name}")
+    final, final_metrics = events.final(state)
+    return run.end(final, state, final_metrics, f"finetune {task.name} ({_mode(recipe)}) finished")
+
+
+def build_tokenizer(recipe: Recipe):
+    """(tokenizer, ids of GPT-1's task markers) of a fine-tuning run: the markers are added under
+    ``task.input_style=gpt1`` (else None)."""
+    from gptune.modeling.heads import add_task_tokens
+    from gptune.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.name_or_path,
+                               field="model.tokenizer" if recipe.model.tokenizer else "--model")
+    return tokenizer, add_task_tokens(tokenizer) if recipe.task.input_style == "gpt1" else None
+
+
+class _Evaluations:
+    """A fine-tuning run's dev-split scores: after each epoch (``task.eval_every_epoch``), every
+    ``train.eval_every`` steps and at the end; with ``task.keep_best`` the best one's weights are kept and
+    become ``final/``. ``save(state, metrics, name)`` writes ``final/`` (or ``best/``)."""
+
+    def __init__(self, run: Run, task: TaskSpec, save):
+        self.run, self.task, self.save = run, task, save
+
+    def evaluate(self, st: TrainState) -> dict:
+        from gptune.evaluation.glue import evaluate_splits, flat_metrics
+
+        run = self.run
         if not run.eval_loaders:
             return {}
-        out = flat_metrics(evaluate_splits(run.accelerator, run.model, run.eval_loaders, task))
+        out = flat_metrics(evaluate_splits(run.accelerator, run.model, run.eval_loaders, self.task))
         run.metrics.write("eval", step=st.step, epoch=st.epoch, **out)
         say(f"  eval step {st.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
-        if recipe.task.keep_best:
-            keep_if_best(st, out)
+        if run.recipe.task.keep_best:
+            self._keep_if_best(st, out)
         return out
 
-    def keep_if_best(st: TrainState, out: dict) -> None:
-        key = task.main_metric if len(run.eval_loaders) == 1 else f"{next(iter(run.eval_loaders))}/{task.main_metric}"
+    def _keep_if_best(self, st: TrainState, out: dict) -> None:
+        loaders, metric = self.run.eval_loaders, self.task.main_metric
+        key = metric if len(loaders) == 1 else f"{next(iter(loaders))}/{metric}"
         if st.best and out[key] <= st.best["value"]:
             return
         st.best = {"step": st.step, "metric": key, "value": out[key], "metrics": out}
-        save(st, out, name="best")
-        say(f"  best {key} so far ({out[key]:.4f}): kept in {run.dir / 'best'}")
+        self.save(st, out, name="best")
+        say(f"  best {key} so far ({out[key]:.4f}): kept in {self.run.dir / 'best'}")
 
-    def on_epoch_end(st: TrainState) -> None:
-        if recipe.task.eval_every_epoch and st.step < st.total_steps:
-            st.history = evaluate_fn(st)
+    def on_epoch_end(self, st: TrainState) -> None:
+        if self.run.recipe.task.eval_every_epoch and st.step < st.total_steps:
+            st.history = self.evaluate(st)
 
-    state = run.train(task_step, evaluate_fn=evaluate_fn, on_epoch_end=on_epoch_end,
-                      description=f"finetune {task.name}")
-    final_metrics = evaluate_fn(state)
-    if recipe.task.keep_best and state.best:
-        final = run.promote_best()
-        final_metrics = {**state.best["metrics"], "best_step": state.best["step"]}
-    else:
-        final = save(state, final_metrics)
-    return run.end(final, state, final_metrics, f"finetune {task.name} ({_mode(recipe)}) finished")
+    def final(self, state: TrainState) -> tuple[Path, dict]:
+        """The end of the run: (``final/``, its metrics): the last evaluation's, or the best one's."""
+        final_metrics = self.evaluate(state)
+        if self.run.recipe.task.keep_best and state.best:
+            return self.run.promote_best(), {**state.best["metrics"], "best_step": state.best["step"]}
+        return self.save(state, final_metrics), final_metrics
 
 
 def _mode(recipe: Recipe) -> str:
@@ -269,7 +291,22 @@ def save_final_task(accelerator, model, tokenizer, recipe: Recipe, task: TaskSpe
     return run.save(write, metrics, name)
 
 
-# ----------------------------------------------------------------------------- gptune eval --glue
+# ----------------------------------------------------------------------------- gptune eval --task / --glue
+def run_task_eval(model: str, *, task: str | None = None, data_dir: str | None = None, split: str | None = None,
+                  base_model: str | None = None) -> dict:
+    """``gptune eval --task``: {split: metrics} of a task model folder (RUN/final) on its eval split(s) (or
+    ``split``). A plain LM is first fine-tuned on ``task`` with the shipped recipe (LoRA, as ``eval --glue``
+    does), then its ``final/`` is scored."""
+    from gptune.evaluation.task_model import score_task_model
+    from gptune.modeling.task_io import is_task_model
+
+    if not is_task_model(model):
+        if task is None:
+            raise GptuneError(f"--model {model}: not a task model; pass --task to fine-tune it on one first")
+        model = str(finetune_for_eval(task, model, data_dir, lora=True).final_dir)
+    return score_task_model(model, task=task, data_dir=data_dir, split=split, base_model=base_model)
+
+
 def finetune_for_eval(task: str, model: str, data_dir: str | None, *, lora: bool, sets: list[str] | None = None,
                       recipe_path: str | None = None) -> RunSummary:
     """Fine-tune ``model`` on ``task`` with the shipped recipe into runs/glue/<model>/<task>-<mode>."""

@@ -87,28 +87,14 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
                  prepend_eos: bool = False, base_model: str | None = None, precision: str = "fp32") -> dict:
     """``precision``: fp32, or bf16 autocast (within 0.1% of fp32's NLL on a tiny model, measured 2.6e-5:
     tests/test_ppl_cli.py; the bf16-native CPUs and GPUs are where it is faster)."""
-    from gptune.data.eval_text import encode_text, load_eval_text
-    from gptune.evaluation.perplexity import (
-        perplexity_report,
-        resolve_windowing,
-        sliding_window_nll,
-    )
+    from gptune.data.eval_text import encode_text
+    from gptune.evaluation.perplexity import perplexity_report, resolve_windowing, sliding_window_nll
     from gptune.modeling.gpt import set_threads
 
     set_threads()
-    if model is None:
-        found = newest_final()
-        if found is None:
-            raise GptuneError("eval --ppl: no runs/*/final in this folder; pass --model DIR (or a hub id)")
-        model = str(found)
+    model = _newest_model() if model is None else model
     lm, tokenizer, recipe = load_lm_for_ppl(model, base_model)
-    if data is None:
-        if recipe is None:
-            raise GptuneError(f"eval --ppl: {model} is not a gptune run folder, so it has no validation split; "
-                              "pass --data FILE")
-        text, where = run_validation_text(recipe, tokenizer)
-    else:
-        text, where = load_eval_text(data), data
+    text, where = text_to_score(model, data, recipe, tokenizer)
     if prepend_eos and stride is not None:
         raise GptuneError("--stride: not used with --prepend-eos (lm-eval's windows: each predicts max_length "
                           "tokens after one token of context); drop one of the two")
@@ -116,15 +102,7 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
     max_length, stride = resolve_windowing(lm.config, max_length, max_length if prepend_eos else stride)
     say(f"eval --ppl: model {model} | data {where} | max_length {max_length}, "
         + ("lm-eval rolling windows (EOS prepended)" if prepend_eos else f"stride {stride}") + f" | {precision}")
-    from gptune.hardware import precision_warning
-    from gptune.training.loop import inference_accelerator
-
-    mixed = {"fp32": "no", "bf16": "bf16"}.get(precision)
-    if mixed is None:
-        raise GptuneError(f"--precision {precision}: choose fp32 or bf16")
-    if (warning := precision_warning(mixed, "--precision bf16", "use fp32")) is not None:
-        warn(warning)
-    accelerator = inference_accelerator(mixed)
+    accelerator = precision_accelerator(precision)
     lm = lm.to(accelerator.device)
     ids = encode_text(tokenizer, text)
     with accelerator.autocast():
@@ -142,3 +120,36 @@ def run_ppl_eval(*, model: str | None = None, data: str | None = None, max_lengt
 
     finish(accelerator)
     return report
+
+
+def _newest_model() -> str:
+    """``--model`` when absent: the newest runs/*/final here."""
+    found = newest_final()
+    if found is None:
+        raise GptuneError("eval --ppl: no runs/*/final in this folder; pass --model DIR (or a hub id)")
+    return str(found)
+
+
+def text_to_score(model: str, data: str | None, recipe: dict | None, tokenizer) -> tuple[str, str]:
+    """(text, description): ``--data``, else the validation data of the run ``model`` comes from."""
+    from gptune.data.eval_text import load_eval_text
+
+    if data is not None:
+        return load_eval_text(data), data
+    if recipe is None:
+        raise GptuneError(f"eval --ppl: {model} is not a gptune run folder, so it has no validation split; "
+                          "pass --data FILE")
+    return run_validation_text(recipe, tokenizer)
+
+
+def precision_accelerator(precision: str):
+    """The evaluation's Accelerator for ``--precision`` (fp32 or bf16 autocast), warning where bf16 is slow."""
+    from gptune.hardware import precision_warning
+    from gptune.training.loop import inference_accelerator
+
+    mixed = {"fp32": "no", "bf16": "bf16"}.get(precision)
+    if mixed is None:
+        raise GptuneError(f"--precision {precision}: choose fp32 or bf16")
+    if (warning := precision_warning(mixed, "--precision bf16", "use fp32")) is not None:
+        warn(warning)
+    return inference_accelerator(mixed)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gptune.config import Recipe
-from gptune.data.cache import write_atomic
+from gptune.data.cache import rename_into_place, write_atomic
 from gptune.distributed import failures
 from gptune.errors import GptuneError, first_line
 from gptune.faults import NO_FAULTS, Faults
@@ -201,9 +201,7 @@ class Checkpointer:
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
         self.faults.checkpoint_state_written(state.step)
         fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        rename_into_place(tmp, final, replace=True)
         write_atomic(self.run_dir / LATEST, final.name + "\n")
         self._prune()
 

@@ -14,7 +14,7 @@ import yaml
 
 from gptune.config import Recipe
 from gptune.console import MetricsWriter, say, summary_table, warn
-from gptune.data.cache import publish, write_atomic
+from gptune.data.cache import publish, rename_into_place, write_atomic
 from gptune.faults import Faults
 from gptune.training.checkpoint import (
     Checkpointer,
@@ -162,15 +162,11 @@ def publish_final(run_dir: Path, write, recipe_yaml: str, metrics: dict, name: s
 
 def promote_best(accelerator, run_dir: Path) -> Path:
     """``task.keep_best``: the best evaluation's folder (``best/``) becomes ``final/``."""
-    import os
-    import shutil
-
     final = run_dir / "final"
     accelerator.wait_for_everyone()
     # no best/ folder: this run was resumed after it had ended, and final/ already holds its best
     if accelerator.is_main_process and (run_dir / "best").is_dir():
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(run_dir / "best", final)
+        rename_into_place(run_dir / "best", final, replace=True)
     accelerator.wait_for_everyone()
     return final
 
