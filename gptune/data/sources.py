@@ -160,7 +160,7 @@ def _json_texts(path: Path, text_column: str) -> Iterator[Any]:
         rows = [rows]
     if not all(isinstance(r, dict) for r in rows):
         raise GptuneError(f"{path}: expected a JSON list of objects (one document per object)")
-    if rows and not any(text_column in r for r in rows):
+    if not any(text_column in r for r in rows):
         raise _no_column(path, text_column, dict.fromkeys(k for r in rows for k in r))
     return (r.get(text_column) for r in rows)
 
