@@ -10,7 +10,6 @@ size (gptune first in odd rounds), so a busy patch of the shared machine hits bo
 
     python benchmarks/prepare.py --sizes 100,1000 --peer-sizes 100 --work /tmp/corpora   # NOTES.md table
     python benchmarks/prepare.py --quick                                                  # 20 MB, both
-    python benchmarks/prepare.py --sizes 200 --layout jsonl    # one 200 MB .jsonl (a book a row), gptune only
 """
 
 from __future__ import annotations
@@ -31,9 +30,8 @@ BLOCK = 256
 WORKERS = 2
 
 
-def make_corpus(books: Path, out: Path, target_bytes: int, seed: int = 0, layout: str = "txt") -> int:
-    """The books, UTF-8, repeated in a shuffled order under new names until ``target_bytes``; reused if
-    present. ``layout`` ``txt``: a file per book; ``jsonl``: one ``corpus.jsonl``, a book per row."""
+def make_corpus(books: Path, out: Path, target_bytes: int, seed: int = 0) -> int:
+    """The books, UTF-8, repeated in a shuffled order under new names until ``target_bytes``; reused if present."""
     done = out / ".complete"
     if done.exists():
         return int(done.read_text())
@@ -50,21 +48,15 @@ def make_corpus(books: Path, out: Path, target_bytes: int, seed: int = 0, layout
         raise SystemExit(f"no .txt books in {books}: set $GPTUNE_DATA or pass --data DIR (with books/gutenberg)")
     rng = random.Random(seed)
     size, copy = 0, 0
-    table = (out / "corpus.jsonl").open("w", encoding="utf-8") if layout == "jsonl" else None
     while size < target_bytes:
         order = texts[:]
         rng.shuffle(order)
         for stem, data in order:
-            if table is None:
-                (out / f"{copy:04d}-{stem}.txt").write_bytes(data)
-            else:
-                table.write(json.dumps({"text": data.decode("utf-8")}) + "\n")
+            (out / f"{copy:04d}-{stem}.txt").write_bytes(data)
             size += len(data)
             if size >= target_bytes:
                 break
         copy += 1
-    if table is not None:
-        table.close()
     done.write_text(str(size))
     return size
 
@@ -126,7 +118,7 @@ def measure(name: str, corpus: Path, tokenizer_dir: str, cache: Path) -> dict:
 
 
 def run(*, quick: bool, data: str | None = None, sizes=None, peer_sizes=None, work: str | None = None,
-        rounds: int = 1, layout: str = "txt") -> list[dict]:
+        rounds: int = 1) -> list[dict]:
     root = data_root(data)
     sizes = sizes or ([20] if quick else [100, 1000])
     peer_sizes = peer_sizes if peer_sizes is not None else sizes
@@ -135,9 +127,9 @@ def run(*, quick: bool, data: str | None = None, sizes=None, peer_sizes=None, wo
     rows, raw = [], {}
     try:
         for mb in sizes:
-            corpus = base / f"corpus-{mb}MB" if layout == "txt" else base / f"corpus-{mb}MB-{layout}"
-            size = make_corpus(root / "books" / "gutenberg", corpus, mb * 1_000_000, layout=layout)
-            names = ["gptune"] + (["run_clm"] if mb in peer_sizes and layout == "txt" else [])
+            corpus = base / f"corpus-{mb}MB"
+            size = make_corpus(root / "books" / "gutenberg", corpus, mb * 1_000_000)
+            names = ["gptune"] + (["run_clm"] if mb in peer_sizes else [])
             got: dict[str, list[dict]] = {n: [] for n in names}
             for r in range(rounds):
                 for name in (names if r % 2 == 0 else names[::-1]):
@@ -155,8 +147,7 @@ def run(*, quick: bool, data: str | None = None, sizes=None, peer_sizes=None, wo
                             Stat([size / 1e6 / x["seconds"] for x in peer]) if peer else None,
                             "run_clm map(tokenize) + map(group_texts)", target=">= 2x", digits=2,
                             note=f"load avg {sum(x['load_avg'] for x in ours) / len(ours):.1f}"))
-            rows.append(row("prepare", f"peak memory (PSS) of the process tree (MB), {size / 1e6:.0f} MB"
-                            + ("" if layout == "txt" else f" in one .{layout}"),
+            rows.append(row("prepare", f"peak memory (PSS) of the process tree (MB), {size / 1e6:.0f} MB",
                             Stat([x["peak_tree_mb"] for x in ours]),
                             Stat([x["peak_tree_mb"] for x in peer]) if peer else None,
                             "run_clm map(tokenize) + map(group_texts)", target="<= 1500 MB", higher_is_better=False,
@@ -178,8 +169,6 @@ def main(argv=None) -> None:
     p.add_argument("--peer-sizes", default=None, help="sizes at which run_clm also runs (default: all)")
     p.add_argument("--work", default=None, help="folder for the corpora and caches (kept; default: a temp folder)")
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--layout", choices=("txt", "jsonl"), default="txt",
-                   help="txt: a file per book; jsonl: the corpus as one .jsonl file (gptune only)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
@@ -192,7 +181,7 @@ def main(argv=None) -> None:
     sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else None
     peers = [int(x) for x in a.peer_sizes.split(",")] if a.peer_sizes else None
     rows = run(quick=not a.full and not a.sizes, data=a.data, sizes=sizes, peer_sizes=peers, work=a.work,
-               rounds=a.rounds, layout=a.layout)
+               rounds=a.rounds)
     print_table(rows, "prepare")
 
 

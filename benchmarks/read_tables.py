@@ -102,15 +102,17 @@ def main(argv=None) -> None:
     paths = write_tables(data_root(a.data) / "books" / "gutenberg", work, a.mb, a.row_kb, a.formats.split(","))
     print("| format | file MB | documents | seconds | peak RSS (MB) | of it, interpreter + imports (MB) |")
     print("|---|---|---|---|---|---|")
+    source = "-"
     for fmt, path in paths.items():
         res = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True)
         if res.returncode:
             print(f"| {fmt} | {path.stat().st_size / 1e6:.0f} | failed: {res.stderr.strip().splitlines()[-1]} | | | |")
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
+        source = r["gptune"]
         print(f"| {fmt} | {path.stat().st_size / 1e6:.0f} | {r['documents']} | {r['seconds']:.1f} | "
               f"{r['max_rss_mb']:.0f} | {r['base_mb']:.0f} |")
-    print(f"gptune read from: {r['gptune'] if paths else '-'}")
+    print(f"gptune read from: {source}")
 
 
 if __name__ == "__main__":

@@ -560,20 +560,19 @@ def test_gutenberg_boilerplate_is_stripped():
 def _table_files(tmp_path, rows):
     """The same rows (some null or empty, one a number) as .jsonl, .csv, .parquet and .json."""
     import pyarrow as pa
+    import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"id": i, "body": r}) + "\n" for i, r in enumerate(rows)))
     (tmp_path / "t.json").write_text(json.dumps([{"id": i, "body": r} for i, r in enumerate(rows)]))
     pq.write_table(pa.table({"id": list(range(len(rows))), "body": rows}), tmp_path / "t.parquet",
                    row_group_size=7)
-    pa.csv.write_csv(pa.table({"id": list(range(len(rows))), "body": [None if r is None else str(r) for r in rows]}),
+    pcsv.write_csv(pa.table({"id": list(range(len(rows))), "body": [None if r is None else str(r) for r in rows]}),
                      tmp_path / "t.csv")
     return [tmp_path / f"t.{s}" for s in ("jsonl", "json", "parquet", "csv")]
 
 
 def test_table_texts_stream_in_batches_equal_to_the_whole_file(tmp_path):
-    import pyarrow.csv  # noqa: F401  (pa.csv in the helper)
-
     from gptune.data.sources import iter_table_texts
 
     rows = [make_text(3, seed=i) if i % 5 else ("" if i % 10 else None) for i in range(40)]
@@ -607,21 +606,19 @@ def test_a_jsonl_corpus_is_read_in_bounded_memory(tmp_path):
 
 @pytest.mark.parametrize("suffix", ["jsonl", "json", "parquet", "csv"])
 def test_a_table_without_the_text_column_names_file_and_columns(tmp_path, suffix):
-    import pyarrow.csv  # noqa: F401
-
-    from gptune.data.sources import read_table_texts
+    from gptune.data.sources import iter_table_texts
 
     path = {p.suffix[1:]: p for p in _table_files(tmp_path, ["a", "b"])}[suffix]
     with pytest.raises(GptuneError, match=rf"t\.{suffix}: no column 'text' \(columns: id, body\); set data.text_column"):
-        read_table_texts(path, "text")
+        list(iter_table_texts(path, "text"))
 
 
 def test_a_bad_jsonl_line_names_the_file_and_line(tmp_path):
-    from gptune.data.sources import read_table_texts
+    from gptune.data.sources import iter_table_texts
 
     (tmp_path / "b.jsonl").write_text('{"text": "ok"}\n\n{"text": "cut\n')
     with pytest.raises(GptuneError, match=r"b\.jsonl line 3: not a JSON object"):
-        read_table_texts(tmp_path / "b.jsonl", "text")
+        list(iter_table_texts(tmp_path / "b.jsonl", "text"))
     (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n["a list"]\n')
     with pytest.raises(GptuneError, match=r"c\.jsonl line 2: not a JSON object"):
-        read_table_texts(tmp_path / "c.jsonl", "text")
+        list(iter_table_texts(tmp_path / "c.jsonl", "text"))

@@ -75,9 +75,8 @@ def read_txt(path: Path, fallback_encoding: str | None = None) -> str:
 
 def iter_table_texts(path: Path, text_column: str, batch_rows: int = _ROWS_PER_BATCH) -> Iterator[list[str]]:
     """The `text_column` of a .jsonl/.csv/.parquet/.json file, in batches of at most `batch_rows` strings
-    and about 8M characters (nulls and empty strings skipped), streamed: memory holds about one batch,
-    not the file (a .json list is the
-    exception: JSON has no record boundaries, so it is parsed whole).
+    and about 8M characters (nulls and empty strings skipped), streamed: memory holds about one batch, not
+    the file (a .json list is the exception: JSON has no record boundaries, so it is parsed whole).
 
     Errors name the file: a missing column (with the columns there are), a line that is not JSON."""
     path = Path(path)
@@ -94,11 +93,6 @@ def iter_table_texts(path: Path, text_column: str, batch_rows: int = _ROWS_PER_B
         raise
     except Exception as e:  # pyarrow parse errors: say which file
         raise GptuneError(f"{path}: cannot read as {suffix[1:]}: {first_line(e)}") from e
-
-
-def read_table_texts(path: Path, text_column: str) -> list[str]:
-    """Every text of ``iter_table_texts`` as one list."""
-    return [t for batch in iter_table_texts(path, text_column) for t in batch]
 
 
 def _no_column(path: Path, text_column: str, columns) -> GptuneError:
